@@ -340,6 +340,11 @@ def detect_family(cfg: dict) -> Family:
         if family.detect(cfg):
             return family
     known = ", ".join(f.name for f in FAMILIES)
+    if _model_type(cfg).lower() == "llada":  # shared by dense LLaDA and LLaDA-MoE: told apart by keys
+        raise UnsupportedConfigError(
+            "config.json has model_type 'llada' but neither the key 'd_model' (LLaDA) nor 'num_experts' (LLaDA-MoE): "
+            "fix or re-download config.json"
+        )
     raise UnsupportedConfigError(
         f"config.json key 'model_type' = {cfg.get('model_type')!r} is not a supported dLLM family ({known})"
     )
@@ -362,6 +367,28 @@ def map_weight_name(family: Family, name: str) -> tuple[str, int | None] | None:
                 base, expert = native[:-1].split("[")
                 return base, int(expert)
             return native, None
+    return None
+
+
+def checkpoint_name(family: Family, native: str, expert: int | None = None) -> str | None:
+    """The checkpoint tensor name that maps onto ``native`` (inverse of :func:`map_weight_name`), or None.
+
+    Used for error messages, so that a missing tensor is reported under the name the file should hold.
+    """
+    target = native if expert is None else f"{native}[{expert}]"
+    for pattern, template in family.weight_rules:
+        template_re = re.escape(template)
+        template_re = re.sub(r"\\\{(\d+)\\\}", lambda m: f"(?P<g{m.group(1)}>[^.\\[\\]]+)", template_re)
+        match = re.fullmatch(template_re, target)
+        if not match:
+            continue
+        values = iter(match.group(f"g{i}") for i in range(len(match.groupdict())))
+        try:
+            candidate = re.sub(r"\([^()]*\)", lambda _: next(values), pattern).replace("\\.", ".")
+        except StopIteration:
+            continue
+        if re.fullmatch(pattern, candidate) and map_weight_name(family, candidate) == (native, expert):
+            return candidate
     return None
 
 

@@ -11,6 +11,9 @@ Every forward writes its new K/V at ``[start, start + q)`` and attends over ``[0
 * ``at_slots``  — start given, key_len given (default: the furthest slot written so far); length unchanged.
                   Fast-dLLM v1 dual cache (write the block span of a full-length cache) and the Fast-dLLM
                   v2 sub-block cache (write a sub-block inside the current block's scratch slots).
+                  ``keep`` (bool [B, q]) keeps the stored K/V instead of the new ones where True, so rows of
+                  one forward can refresh different columns (the sub-block cache refreshes only the rows
+                  that need it).
 
 The cache policies in :mod:`dllm.caches` choose the mode; the network only follows a :class:`KVWrite`.
 """
@@ -29,6 +32,7 @@ class KVWrite:
     start: int
     key_len: int
     new_length: int
+    keep: torch.Tensor | None = None  # [B, q] bool: keep the stored K/V at these (row, column) slots
 
 
 class KVCache:
@@ -57,15 +61,19 @@ class KVCache:
         self._check(self.length, q_len)
         return KVWrite(self.length, self.length + q_len, self.length)
 
-    def at_slots(self, start: int, q_len: int, key_len: int | None = None) -> KVWrite:
+    def at_slots(self, start: int, q_len: int, key_len: int | None = None, keep: torch.Tensor | None = None) -> KVWrite:
         self._check(start, q_len)
         key_len = max(self.filled, start + q_len) if key_len is None else key_len
-        return KVWrite(start, key_len, self.length)
+        return KVWrite(start, key_len, self.length, keep)
 
     # -- used by the network -------------------------------------------------------------------------
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, write: KVWrite):
         """Write this layer's new K/V [B, H, q, d] and return the keys/values to attend over."""
         end = write.start + k.shape[2]
+        if write.keep is not None:
+            keep = write.keep[:, None, :, None]
+            k = torch.where(keep, self.k[layer][:, :, write.start:end], k)
+            v = torch.where(keep, self.v[layer][:, :, write.start:end], v)
         self.k[layer][:, :, write.start:end] = k
         self.v[layer][:, :, write.start:end] = v
         return self.k[layer][:, :, : write.key_len], self.v[layer][:, :, : write.key_len]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .families import Family, UnsupportedConfigError, detect_family, map_weight_name
+from .families import Family, UnsupportedConfigError, checkpoint_name, detect_family, map_weight_name
 from .model import Model
 from .network import Network
 
@@ -39,7 +39,14 @@ def load(path_or_id: str | os.PathLike, dtype: torch.dtype | str | None = None,
     directory = resolve_checkpoint(path_or_id)
     config = _read_json(directory / "config.json")
     family = detect_family(config)
-    net_cfg = family.network_config(config)
+    try:
+        net_cfg = family.network_config(config)
+    except KeyError as exc:
+        raise CheckpointError(f"{directory / 'config.json'} has no key '{exc.args[0]}', which a {family.name} "
+                              f"checkpoint needs: fix or re-download config.json") from None
+    except (TypeError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{directory / 'config.json'} has an invalid value for the {family.name} family "
+                              f"({_one_line(exc)}): fix or re-download config.json") from None
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _parse_dtype(dtype, device)
 
@@ -98,16 +105,23 @@ def _from_hub(repo_id: str) -> Path:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise CheckpointError(
-            f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it first "
-            f"or pass the local checkpoint directory instead"
+            f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot be "
+            f"downloaded: pass a local checkpoint directory instead (dllm.load('/path/to/checkpoint'), the folder "
+            f"holding config.json and *.safetensors) or download it first (hf download {repo_id})"
         )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # no network, unknown repo, gated repo ...
         raise CheckpointError(
             f"'{repo_id}' is not in the local Hugging Face cache and could not be downloaded "
-            f"({type(exc).__name__}): pass the local checkpoint directory instead"
+            f"({type(exc).__name__}): pass a local checkpoint directory instead (dllm.load('/path/to/checkpoint'), "
+            f"the folder holding config.json and *.safetensors)"
         ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (errors raised by dllm.load are single lines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _read_json(path: Path) -> dict:
@@ -166,7 +180,8 @@ def _read_weights(directory: Path, family: Family, network: Network, dtype, devi
         try:
             handle = safe_open(str(file), framework="pt", device="cpu")
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"cannot read {file.name}: the file is truncated or corrupt ({exc}); re-download it") from None
+            raise CheckpointError(f"cannot read {file}: the file is truncated or corrupt ({_one_line(exc)}); "
+                                  f"re-download it") from None
         with handle:
             for name in handle.keys():
                 mapped = map_weight_name(family, name)
@@ -181,7 +196,8 @@ def _read_weights(directory: Path, family: Family, network: Network, dtype, devi
                 try:
                     tensor = handle.get_tensor(name)
                 except (SafetensorError, OSError, RuntimeError) as exc:
-                    raise CheckpointError(f"cannot read tensor '{name}' from {file.name}: the file is truncated or corrupt ({exc})") from None
+                    raise CheckpointError(f"cannot read tensor '{name}' from {file}: the file is truncated or "
+                                  f"corrupt ({_one_line(exc)}); re-download it") from None
                 tensor = tensor.to(dtype=dtype if tensor.is_floating_point() else tensor.dtype)
                 if expert is None:
                     state[native] = tensor.to(device)
@@ -191,7 +207,9 @@ def _read_weights(directory: Path, family: Family, network: Network, dtype, devi
         count = expected[native].shape[0]
         absent = [e for e in range(count) if e not in parts]
         if absent:
-            raise CheckpointError(f"checkpoint is missing expert {absent[0]} of '{native}' (expected {count} experts)")
+            name = checkpoint_name(family, native, absent[0]) or f"expert {absent[0]} of '{native}'"
+            raise CheckpointError(f"checkpoint in {directory} is missing tensor '{name}' "
+                                  f"(expected {count} experts per MoE layer)")
         state[native] = torch.stack([parts[e] for e in range(count)]).to(device)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
@@ -199,11 +217,15 @@ def _read_weights(directory: Path, family: Family, network: Network, dtype, devi
                       stacklevel=3)
     missing = [k for k in expected if k not in state]
     if missing:
-        raise CheckpointError(f"checkpoint is missing tensor for '{missing[0]}'"
-                              f"{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''} in {directory}")
+        names = [checkpoint_name(family, k) or k for k in missing]
+        more = f" (+{len(missing) - 1} more: {', '.join(names[1:4])}{', ...' if len(missing) > 4 else ''})" if len(missing) > 1 else ""
+        hint = " (or set the tie flag in config.json if the LM head shares the embedding)" if missing[0] == "lm_head.weight" else ""
+        raise CheckpointError(f"checkpoint in {directory} is missing tensor '{names[0]}'{more} required by the "
+                              f"{family.name} config{hint}")
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"tensor for '{key}' has shape {tuple(tensor.shape)}, config.json implies "
+            name = checkpoint_name(family, key) or key
+            raise CheckpointError(f"tensor '{name}' has shape {tuple(tensor.shape)}, config.json implies "
                                   f"{tuple(expected[key].shape)}")
     return state
 

@@ -261,6 +261,7 @@ class Network(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         write: KVWrite | None = None,
+        logits_rows: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Logits [B, q, V] (fp32) for ``input_ids`` [B, q] at absolute ``positions`` [B, q].
 
@@ -268,6 +269,7 @@ class Network(nn.Module):
         ``keys`` is q without a cache and ``write.key_len`` with one. Query rows that see nothing (padding)
         are opened to all keys so that no NaN can leak into other rows; their outputs are meaningless.
         ``cache``/``write``: where this forward's K/V go and which cached keys it reads (see KVWrite).
+        ``logits_rows``: compute the LM head only for fed positions [lo, hi) (decoding needs one block).
         """
         if mask is not None:
             if mask.dtype != torch.bool:
@@ -281,6 +283,8 @@ class Network(nn.Module):
             h = layer(h, cos, sin, mask, cache, write, i)
         if cache is not None:
             cache.commit(write)
+        if logits_rows is not None:
+            h = h[:, logits_rows[0]:logits_rows[1]]
         return self.lm_head(self.final_norm(h)).float()
 
     def route(self, input_ids, positions, mask, layer: int):

@@ -1,0 +1,118 @@
+"""The cache contract: which columns each forward feeds and how K/V are written and reused.
+
+The engine asks ``plan(step)`` before every forward and runs the network on the returned :class:`Feed`;
+the cache owns its :class:`~dllm.models.KVCache` and its refresh schedule. A cache never sees logits and
+never decides tokens, so every cache works with every sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..models import KVCache, KVWrite
+
+_REGISTRY: dict[str, type] = {}
+
+
+@dataclass(frozen=True)
+class Feed:
+    """Feed canvas columns [start, end); with ``write`` the K/V go to the cache and keys are [0, write.key_len)."""
+
+    start: int
+    end: int
+    write: KVWrite | None = None
+    after: Callable[[], None] | None = None  # bookkeeping once the forward ran (e.g. crop to the prefix)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where the engine stands: the span, forwards already run in it, sampler steps already taken in it."""
+
+    span: tuple[int, int]
+    forwards: int
+    sampler_steps: int
+    width: int  # canvas width T
+    opening_undecided: torch.Tensor | None = None  # [B] bool: the span's first column is still MASK
+    any_opening_undecided: bool = False
+
+
+class Cache:
+    """Base class; subclasses are dataclasses whose fields are the cache's options."""
+
+    name: str = ""
+    fits: tuple[str, ...] = ()  # attention patterns this cache is correct for
+    exact: bool = True  # whether logits equal the uncached forward
+
+    def start(self, network, batch: int, width: int, block_size: int | None) -> None:
+        """Called once per generation (after option validation) with the canvas geometry."""
+        self.kv = None
+        self.block_size = block_size
+
+    def plan(self, ctx: StepContext) -> Feed:
+        raise NotImplementedError
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        if getattr(self, "kv", None) is not None:
+            self.kv.select_rows(rows)
+
+    def validate(self) -> None:
+        """Check option values; raise ValueError with a one-line message naming the fix."""
+
+    def describe(self) -> dict:
+        return {"cache": self.name, **dataclasses.asdict(self)}
+
+    def _new_kv(self, network, batch: int, width: int) -> KVCache:
+        return KVCache.for_network(network, batch, width)
+
+
+def register(name: str, fits: tuple[str, ...], exact: bool) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        cls.name, cls.fits, cls.exact = name, fits, exact
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available(attention: str | None = None) -> list[str]:
+    """Registered cache names (those that fit ``attention`` when given), in registration order."""
+    return [n for n, c in _REGISTRY.items() if attention is None or attention in c.fits]
+
+
+def build(name: str, attention: str, family: str, options: dict) -> Cache:
+    if name not in _REGISTRY:
+        hint = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ValueError(f"unknown cache '{name}'{suggestion}; available: {', '.join(_REGISTRY)}")
+    cls = _REGISTRY[name]
+    if attention not in cls.fits:
+        kind = "block-causal" if attention == "block_causal" else "full-attention"
+        raise ValueError(f"cache '{name}' does not fit the {kind} family {family}; caches that fit: {', '.join(available(attention))}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        listing = ", ".join(valid) if valid else "none"
+        raise ValueError(f"unknown option '{unknown[0]}' for cache '{name}'; its options are: {listing}")
+    cache = cls(**options)
+    cache.validate()
+    return cache
+
+
+def option_names(name: str) -> list[str]:
+    cls = _REGISTRY.get(name)
+    return [f.name for f in dataclasses.fields(cls)] if cls else []
+
+
+def all_option_names() -> set[str]:
+    return {f.name for cls in _REGISTRY.values() for f in dataclasses.fields(cls)}
+
+
+def model_block(span: tuple[int, int], block_size: int, width: int) -> tuple[int, int]:
+    """The attention block [start, end) (canvas columns, clipped to the canvas) holding ``span``."""
+    start = span[0] // block_size * block_size
+    return start, min(start + block_size, width)

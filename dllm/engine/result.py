@@ -1,0 +1,86 @@
+"""What ``dllm.generate`` returns: texts, token ids, statistics and (optionally) the trajectory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    """Speed statistics. NFE counts network calls (a batched call is one; cache refreshes count).
+
+    ``tokens``: generated tokens before the first EOS (prompt, padding and EOS excluded), summed over rows.
+    ``tpf``: tokens per forward per sequence = sum(row tokens) / sum(row NFE) (equals tokens / NFE for one
+    prompt). ``tokens_per_second``: tokens / wall seconds.
+    """
+
+    nfe: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    row_nfe: list[int] = field(default_factory=list)
+    row_tokens: list[int] = field(default_factory=list)
+    sampler: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def tpf(self) -> float:
+        forwards = sum(self.row_nfe)
+        return self.tokens / forwards if forwards else 0.0
+
+    @property
+    def row_tpf(self) -> list[float]:
+        return [t / n if n else 0.0 for t, n in zip(self.row_tokens, self.row_nfe)]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.tokens} tokens, NFE {self.nfe}, TPF {self.tpf:.2f}, {self.seconds:.2f}s, "
+                f"{self.tokens_per_second:.1f} tok/s, sampler {self.sampler.get('sampler')}, cache {self.cache.get('cache')}")
+
+    def as_dict(self) -> dict:
+        return {"nfe": self.nfe, "tokens": self.tokens, "tpf": self.tpf, "seconds": self.seconds,
+                "tokens_per_second": self.tokens_per_second, "row_nfe": self.row_nfe, "row_tokens": self.row_tokens,
+                "sampler": self.sampler, "cache": self.cache}
+
+
+@dataclass
+class TrajectoryStep:
+    """One forward: the columns fed ([start, length] in canvas columns, as the goldens' ``forwards``) and,
+    per row, the ``(position, token)`` pairs it committed (positions index the row's own sequence)."""
+
+    feed: tuple[int, int]
+    span: tuple[int, int]
+    commits: list[list[tuple[int, int]]]
+
+
+@dataclass
+class Trajectory:
+    """Frame/delta record: the first frame (each row's prompt + MASK region) and one delta per forward."""
+
+    initial: list[list[int]]
+    steps: list[TrajectoryStep] = field(default_factory=list)
+
+    def frame(self, step: int) -> list[list[int]]:
+        """Each row's sequence after the first ``step`` forwards."""
+        rows = [list(r) for r in self.initial]
+        for record in self.steps[:step]:
+            for row, commits in enumerate(record.commits):
+                for position, token in commits:
+                    rows[row][position] = token
+        return rows
+
+
+@dataclass
+class Generation:
+    """``texts`` are cut at the first EOS and the first stop string; ``sequences`` are the generated ids
+    before the first EOS; ``canvases`` are each row's full prompt + generated ids as decoded (nothing cut,
+    MASK left where decoding stopped early)."""
+
+    texts: list[str]
+    sequences: list[list[int]]
+    canvases: list[list[int]]
+    prompt_lengths: list[int]
+    stats: Stats
+    trajectory: Trajectory | None = None

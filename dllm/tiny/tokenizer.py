@@ -1,0 +1,66 @@
+"""The embedded model's tokenizer: a small byte-level BPE trained on the task corpus.
+
+Byte-level so any text round-trips (no unknown tokens); digits are always split into single characters so
+that numbers are spelled digit by digit, which is what makes arithmetic and sorting learnable for a tiny
+model. Special tokens use LLaDA's strings, so the same loader rules find them as in a real checkpoint.
+The tokenizer is rebuilt deterministically from the task generators (same seed, same vocabulary).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import tasks
+
+BOS, EOS, MASK, PAD = "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|pad|>"
+SPECIAL_TOKENS = (BOS, EOS, MASK, PAD)  # ids 0..3, in this order
+VOCAB_SIZE = 1024
+CORPUS_SEED = 2024
+CORPUS_SIZE = 30_000
+
+
+def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size: int = CORPUS_SIZE):
+    """A :class:`tokenizers.Tokenizer` trained on ``size`` training problems (prompt + answer)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [ex.prompt + ex.target for ex in tasks.train_examples(seed, size)]
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return tokenizer
+
+
+def as_transformers(tokenizer, max_length: int):
+    """Wrap for ``transformers`` with the special-token roles declared (no BOS/EOS added on encode)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        mask_token=MASK,
+        pad_token=PAD,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=max_length,
+    )
+
+
+def save_tokenizer(tokenizer, directory: str | Path, max_length: int) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``directory``."""
+    import json
+
+    directory = Path(directory)
+    as_transformers(tokenizer, max_length).save_pretrained(str(directory))
+    special = {"bos_token": BOS, "eos_token": EOS, "mask_token": MASK, "pad_token": PAD}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")

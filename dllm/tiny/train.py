@@ -1,0 +1,374 @@
+"""Training recipe of the embedded model: ``python -m dllm.tiny.train --out DIR [--resume]``.
+
+LLaDA-style SFT with the masked-diffusion objective: the prompt is never masked; the response region has a
+fixed length ``gen_length`` right after the prompt (the answer, then EOS up to the end), which is exactly the
+canvas ``dllm.generate`` decodes. Each row draws a mask ratio t, every response token is masked with
+probability t, and the cross-entropy of the masked tokens is weighted by 1/t (normalised by the response
+length), which makes the loss an upper bound of the response's negative log-likelihood.
+
+Deterministic from its seed: the batch of step s and its masks are functions of (seed, s) alone, the model
+initialisation of the seed, and the learning rate of s, so a run resumed from its state file continues
+exactly like an uninterrupted one. The output directory is a LLaDA-format checkpoint that ``dllm.load``
+reads like any real one; ``train_state.pt`` (weights + optimiser, for ``--resume``) sits beside it until
+the run finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import tasks
+from .tokenizer import save_tokenizer, train_tokenizer
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class Recipe:
+    """Every knob of a run; the defaults are the shipped model's recipe (see README.md)."""
+
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 96
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup: int = 150
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    min_mask_ratio: float = 1e-3
+    gen_length: int = 48  # response region (answer + EOS padding) = the canvas generate() decodes
+    block_length: int = 16  # the semi-autoregressive block the scores are measured with
+    d_model: int = 192
+    n_layers: int = 6
+    n_heads: int = 6
+    mlp_hidden: int = 512
+    max_prompt: int = 48
+    rope_theta: float = 10000.0
+    eval_every: int = 250
+    save_every: int = 100
+
+
+# --------------------------------------------------------------------------------------------------
+# model <-> LLaDA checkpoint
+# --------------------------------------------------------------------------------------------------
+def llada_config(recipe: Recipe, vocab_size: int, ids: dict[str, int]) -> dict:
+    """config.json in LLaDA's (OLMo-style) keys, with the special-token ids of our tokenizer."""
+    return {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "activation_type": "silu",
+        "alibi": False,
+        "alibi_bias_max": 8.0,
+        "attention_dropout": 0.0,
+        "attention_layer_norm": False,
+        "attention_layer_norm_with_affine": True,
+        "bias_for_layer_norm": False,
+        "block_group_size": 1,
+        "block_type": "llama",
+        "d_model": recipe.d_model,
+        "embedding_dropout": 0.0,
+        "embedding_size": vocab_size,
+        "vocab_size": vocab_size,
+        "flash_attention": False,
+        "include_bias": False,
+        "include_qkv_bias": False,
+        "init_device": "meta",
+        "init_fn": "normal",
+        "init_std": 0.02,
+        "input_emb_norm": False,
+        "layer_norm_type": "rms",
+        "layer_norm_with_affine": True,
+        "max_sequence_length": recipe.max_prompt + recipe.gen_length,
+        "mlp_hidden_size": recipe.mlp_hidden,
+        "mlp_ratio": 4,
+        "multi_query_attention": None,
+        "n_heads": recipe.n_heads,
+        "n_kv_heads": recipe.n_heads,
+        "n_layers": recipe.n_layers,
+        "precision": "fp32",
+        "residual_dropout": 0.0,
+        "rms_norm_eps": 1e-5,
+        "rope": True,
+        "rope_full_precision": True,
+        "rope_theta": recipe.rope_theta,
+        "scale_logits": False,
+        "use_cache": False,
+        "weight_tying": False,
+        "dtype": "float32",
+        "bos_token_id": ids["bos"],
+        "eos_token_id": ids["eos"],
+        "pad_token_id": ids["pad"],
+        "mask_token_id": ids["mask"],
+    }
+
+
+def build_network(config: dict, seed: int):
+    """The native network for a LLaDA config (parsed by the loader's own family code), freshly initialised."""
+    from ..models.families import _llada_config
+    from ..models.network import Network
+
+    torch.manual_seed(seed)
+    net = Network(_llada_config(config))
+    residual_std = 0.02 / math.sqrt(2 * net.cfg.num_layers)
+    for name, param in net.named_parameters():
+        if name.endswith("norm.weight"):
+            torch.nn.init.ones_(param)
+        elif name.endswith(("attn.o.weight", "mlp.down.weight")):
+            torch.nn.init.normal_(param, std=residual_std)  # keeps the residual stream's scale depth-independent
+        else:
+            torch.nn.init.normal_(param, std=0.02)
+    return net
+
+
+def llada_state_dict(net) -> dict[str, torch.Tensor]:
+    """Native parameter names -> LLaDA checkpoint names (the inverse of ``families.LLADA_RULES``)."""
+    rename = {
+        "attn_norm.weight": "attn_norm.weight", "mlp_norm.weight": "ff_norm.weight",
+        "attn.q.weight": "q_proj.weight", "attn.k.weight": "k_proj.weight", "attn.v.weight": "v_proj.weight",
+        "attn.o.weight": "attn_out.weight", "mlp.gate.weight": "ff_proj.weight", "mlp.up.weight": "up_proj.weight",
+        "mlp.down.weight": "ff_out.weight",
+    }
+    out = {}
+    for name, tensor in net.state_dict().items():
+        if name == "embed.weight":
+            key = "model.transformer.wte.weight"
+        elif name == "final_norm.weight":
+            key = "model.transformer.ln_f.weight"
+        elif name == "lm_head.weight":
+            key = "model.transformer.ff_out.weight"
+        else:
+            _, index, rest = name.split(".", 2)
+            key = f"model.transformer.blocks.{index}.{rename[rest]}"
+        out[key] = tensor.detach().float().contiguous().clone()
+    return out
+
+
+def export_checkpoint(net, config: dict, tokenizer, out: Path, recipe: Recipe) -> None:
+    """Write a LLaDA-format checkpoint directory (weights, config, tokenizer, generation config)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(llada_state_dict(net), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
+                  "pad_token_id": config["pad_token_id"], "mask_token_id": config["mask_token_id"],
+                  "gen_length": recipe.gen_length, "block_length": recipe.block_length}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    save_tokenizer(tokenizer, out, config["max_sequence_length"])
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Right-padded rows ``prompt | answer EOS... (gen_length) | pad``; positions 0..L-1 in every row."""
+
+    ids: torch.Tensor  # [B, L]
+    keep: torch.Tensor  # [B, L] bool, False on padding (hidden from every query)
+    response: torch.Tensor  # [B, L] bool, the gen_length response region
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    from .tokenizer import BOS, EOS, MASK, PAD
+
+    return {name: tokenizer.token_to_id(tok) for name, tok in (("bos", BOS), ("eos", EOS), ("mask", MASK), ("pad", PAD))}
+
+
+def collate(examples: list[tasks.Example], tokenizer, ids: dict[str, int], gen_length: int) -> Batch:
+    """Tokenise problems into the training layout; answers longer than ``gen_length`` are an error."""
+    rows, prompt_lens = [], []
+    for ex in examples:
+        prompt = tokenizer.encode(ex.prompt).ids
+        answer = tokenizer.encode(ex.target).ids + [ids["eos"]]
+        if len(answer) > gen_length:
+            raise ValueError(f"answer of {len(answer)} tokens does not fit gen_length={gen_length}: {ex.target!r}")
+        rows.append(prompt + answer + [ids["eos"]] * (gen_length - len(answer)))
+        prompt_lens.append(len(prompt))
+    length = max(map(len, rows))
+    tensor = torch.full((len(rows), length), ids["pad"], dtype=torch.long)
+    keep = torch.zeros((len(rows), length), dtype=torch.bool)
+    response = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, (row, p) in enumerate(zip(rows, prompt_lens)):
+        tensor[i, : len(row)] = torch.tensor(row)
+        keep[i, : len(row)] = True
+        response[i, p : p + gen_length] = True
+    return Batch(tensor, keep, response)
+
+
+def step_examples(recipe: Recipe, step: int) -> list[tasks.Example]:
+    """The training problems of ``step`` (a function of seed and step only; tasks mixed evenly)."""
+    rng = random.Random(f"tiny-train-{recipe.seed}-{step}")
+    return [tasks.sample(tasks.TASKS[i % len(tasks.TASKS)], rng, "train") for i in range(recipe.batch_size)]
+
+
+def noise(batch: Batch, mask_id: int, generator: torch.Generator, min_ratio: float,
+          ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask response tokens: row i uses ratio t_i (stratified over the batch unless ``ratio`` is fixed)."""
+    b = batch.ids.shape[0]
+    if ratio is None:
+        offset = torch.rand((), generator=generator)
+        t = (offset + torch.arange(b) / b) % 1.0  # stratified: covers (0, 1) evenly in every batch
+        t = t[torch.randperm(b, generator=generator)]
+        t = min_ratio + (1 - min_ratio) * t
+    else:
+        t = torch.full((b,), float(ratio))
+    masked = (torch.rand(batch.ids.shape, generator=generator) < t[:, None]) & batch.response
+    noisy = torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids)
+    return noisy, masked, t
+
+
+def forward(net, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    b, length = ids.shape
+    positions = torch.arange(length).expand(b, length)
+    mask = None if bool(keep.all()) else keep[:, None, None, :]
+    return net(ids, positions, mask)
+
+
+def diffusion_loss(net, batch: Batch, noisy, masked, t, gen_length: int) -> tuple[torch.Tensor, dict]:
+    """LLaDA SFT loss: sum over masked response tokens of CE / t, divided by the response length, batch mean."""
+    logits = forward(net, noisy, batch.keep)
+    token_loss = F.cross_entropy(logits[masked], batch.ids[masked], reduction="none")
+    weights = (1.0 / t)[:, None].expand_as(masked)[masked]
+    loss = (token_loss * weights).sum() / (gen_length * batch.ids.shape[0])
+    with torch.no_grad():
+        acc = (logits[masked].argmax(-1) == batch.ids[masked]).float().mean() if masked.any() else torch.tensor(1.0)
+    return loss, {"loss": float(loss.detach()), "ce": float(token_loss.detach().mean()) if masked.any() else 0.0, "acc": float(acc)}
+
+
+def learning_rate(recipe: Recipe, step: int) -> float:
+    """Linear warmup then cosine decay to ``min_lr`` (a pure function of the step: nothing to resume)."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(net, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW; norms and embeddings are not decayed."""
+    decay, no_decay = [], []
+    for name, param in net.named_parameters():
+        (no_decay if name.endswith("norm.weight") or name == "embed.weight" else decay).append(param)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def train_step(net, optimizer, recipe: Recipe, step: int, tokenizer, ids: dict[str, int]) -> dict:
+    """One optimisation step on the batch of ``step``; returns its metrics."""
+    net.train()
+    batch = collate(step_examples(recipe, step), tokenizer, ids, recipe.gen_length)
+    generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+    noisy, masked, t = noise(batch, ids["mask"], generator, recipe.min_mask_ratio)
+    lr = learning_rate(recipe, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss, metrics = diffusion_loss(net, batch, noisy, masked, t, recipe.gen_length)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip))
+    optimizer.step()
+    metrics["lr"] = lr
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(net, recipe: Recipe, tokenizer, ids: dict[str, int], size: int = 96) -> dict:
+    """Teacher-forced masked-token accuracy on fresh training-split problems at fixed mask ratios."""
+    net.eval()
+    rng = random.Random(f"tiny-validation-{recipe.seed}")
+    examples = [tasks.sample(tasks.TASKS[i % len(tasks.TASKS)], rng, "train") for i in range(size)]
+    result = {}
+    for task in tasks.TASKS:
+        batch = collate([e for e in examples if e.task == task], tokenizer, ids, recipe.gen_length)
+        for ratio in (0.25, 0.5, 1.0):
+            generator = torch.Generator().manual_seed(17)
+            noisy, masked, _ = noise(batch, ids["mask"], generator, recipe.min_mask_ratio, ratio)
+            logits = forward(net, noisy, batch.keep)
+            result[f"{task}@{ratio}"] = float((logits[masked].argmax(-1) == batch.ids[masked]).float().mean())
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------------
+def save_state(path: Path, net, optimizer, recipe: Recipe, step: int, elapsed: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "recipe": asdict(recipe),
+                "step": step, "elapsed": elapsed}, tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save never corrupts the previous state
+
+
+def run(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, keep_state: bool = False) -> Path:
+    """Train (or resume) and write the checkpoint to ``out``; returns ``out``."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    tokenizer = train_tokenizer()
+    ids = special_ids(tokenizer)
+    config = llada_config(recipe, tokenizer.get_vocab_size(), ids)
+    net = build_network(config, recipe.seed)
+    optimizer = make_optimizer(net, recipe)
+    start, elapsed = 0, 0.0
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"--resume: no {STATE_FILE} in {out} (start without --resume)")
+        state = torch.load(state_path, weights_only=True)
+        if state["recipe"] != asdict(recipe):
+            changed = sorted(k for k in state["recipe"] if state["recipe"][k] != asdict(recipe).get(k))
+            raise ValueError(f"--resume with a different recipe ({', '.join(changed)}): use the original options")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, elapsed = state["step"], state["elapsed"]
+    params = sum(p.numel() for p in net.parameters())
+    bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, disable=not progress,
+               desc=f"tiny {params / 1e6:.2f}M", dynamic_ncols=True)
+    began = time.time() - elapsed
+    for step in bar:
+        metrics = train_step(net, optimizer, recipe, step, tokenizer, ids)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.3f}", lr=f"{metrics['lr']:.1e}")
+        done = step + 1
+        if done % recipe.eval_every == 0 or done == recipe.steps:
+            scores = evaluate(net, recipe, tokenizer, ids)
+            line = " ".join(f"{k}={v:.3f}" for k, v in scores.items())
+            bar.write(f"step {done} ({(time.time() - began) / 60:.1f} min) masked-token acc: {line}")
+        if done % recipe.save_every == 0 and done < recipe.steps:
+            save_state(state_path, net, optimizer, recipe, done, time.time() - began)
+    bar.close()
+    export_checkpoint(net, config, tokenizer, out, recipe)
+    if keep_state:
+        save_state(state_path, net, optimizer, recipe, recipe.steps, time.time() - began)
+    elif state_path.exists():
+        state_path.unlink()
+    minutes = (time.time() - began) / 60
+    print(f"wrote {out} ({params:,} parameters, {recipe.steps} steps, {minutes:.1f} min)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dllm.tiny.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    parser.add_argument("--resume", action="store_true", help=f"continue from {STATE_FILE} in --out")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--keep-state", action="store_true", help=f"keep {STATE_FILE} after the last step")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for f in fields(Recipe):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
+    run(recipe, args.out, resume=args.resume, progress=not args.no_progress, keep_state=args.keep_state)
+
+
+if __name__ == "__main__":
+    main()
