@@ -76,7 +76,8 @@ class Engine:
         self.row_nfe = torch.zeros(batch, dtype=torch.long)
         self.nfe = 0
         self.checked_prefix = torch.zeros(batch, dtype=torch.long)
-        self.trajectory = Trajectory(initial=self._row_sequences(canvas.x, canvas.pad)) if settings.record else None
+        self.trajectory = (Trajectory(initial=self._row_sequences(canvas.x, canvas.pad), pads=canvas.pad.tolist())
+                           if settings.record else None)
         self.guidance = settings.cfg_scale > 0
         self._refresh_row_geometry()
         self.cache.start(model.network, batch * (2 if self.guidance else 1), width, canvas.block_size)
@@ -117,7 +118,7 @@ class Engine:
             context = ProcessorContext(span, canvas.x, self.rows, sampler_steps, self.mask_id, settings.eos_ids)
             for process in settings.processors:
                 logits = process(logits, context)
-            x0 = propose(logits, settings.temperature, settings.generator)
+            x0 = propose(logits, settings.temperature, settings.generator, exclude=self.mask_id)
             conf = confidence_of(logits, x0, settings.confidence).masked_fill(~masked, float("-inf"))
             view = StepView(logits=logits, x0=x0, confidence=conf, masked=masked, span=span, step=sampler_steps,
                             steps_per_block=settings.steps_per_block, canvas=canvas.x, rows=self.rows,
@@ -132,7 +133,7 @@ class Engine:
                 only_opening[:, 0] = True
                 commit = torch.where(opening, only_opening & masked, commit)
                 tokens = tokens.clone()
-                tokens[:, 0] = torch.where(opening[:, 0], logits[:, 0].argmax(-1), tokens[:, 0])
+                tokens[:, 0] = torch.where(opening[:, 0], propose(logits[:, :1], 0.0, None, self.mask_id)[:, 0], tokens[:, 0])
             canvas.x[:, start:end] = torch.where(commit, tokens, window)
             forwards += 1
             sampler_steps += 0 if forced else 1
@@ -169,10 +170,12 @@ class Engine:
             raw = self._forward(feed, (lo, hi))
             self.opening = raw[:, 0]
             return raw
+        raw = self._forward(feed, (0, max(hi, 1)))
         if self.opening is None:
-            raise RuntimeError(f"cache '{self.cache.name}' fed columns from {feed.start} without a prediction for column {start}")
-        raw = self._forward(feed, (0, hi))
-        return torch.cat([self.opening[:, None], raw], dim=1)
+            # Only canvas column 0 (always a prompt token, never a candidate) lacks a preceding output: like
+            # the references, it reads its own output.
+            return torch.cat([raw[:, :1], raw[:, :hi]], dim=1)
+        return torch.cat([self.opening[:, None], raw[:, :hi]], dim=1)
 
     def _forward(self, feed: Feed, rows: tuple[int, int]) -> torch.Tensor:
         canvas, model = self.canvas, self.model

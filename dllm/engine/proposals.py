@@ -7,18 +7,29 @@ import torch
 CONFIDENCES = ("prob", "margin", "entropy")
 
 
-def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+            exclude: int | None = None) -> torch.Tensor:
     """Proposed tokens [B, W]: argmax (lowest id on ties), or a sample from softmax(logits / temperature).
+
+    ``exclude`` (the mask id) is never proposed: committing MASK would leave the position undecided and a
+    step could make no progress. Confidences still use the untouched logits.
 
     Sampling uses the Gumbel-max trick in the safe form argmax(z - T·log(-log u)), equivalent to LLaDA's
     exp(z) / (-log u)^T without its float64 overflow risk (the random stream differs from LLaDA's).
     """
     if temperature <= 0:
-        return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-    u = u.clamp_(min=torch.finfo(torch.float64).tiny)
-    noisy = logits.double() - temperature * torch.log(-torch.log(u))
-    return noisy.argmax(-1)
+        scores = logits
+    else:
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        u = u.clamp_(min=torch.finfo(torch.float64).tiny)
+        scores = logits.double() - temperature * torch.log(-torch.log(u))
+    if exclude is None:
+        return scores.argmax(-1)
+    saved = scores[..., exclude].clone()
+    scores[..., exclude] = float("-inf")
+    best = scores.argmax(-1)
+    scores[..., exclude] = saved
+    return best
 
 
 def confidence(logits: torch.Tensor, x0: torch.Tensor, kind: str) -> torch.Tensor:

@@ -57,9 +57,13 @@ class TrajectoryStep:
 
 @dataclass
 class Trajectory:
-    """Frame/delta record: the first frame (each row's prompt + MASK region) and one delta per forward."""
+    """Frame/delta record: the first frame (each row's prompt + MASK region) and one delta per forward.
+
+    ``pads[r]`` is row r's left padding: canvas column c is position c - pads[r] of row r.
+    """
 
     initial: list[list[int]]
+    pads: list[int]
     steps: list[TrajectoryStep] = field(default_factory=list)
 
     def frame(self, step: int) -> list[list[int]]:
