@@ -116,6 +116,9 @@ class Model:
         return self.tokenizer.encode(prompt, add_special_tokens=False)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``; a model built without a tokenizer (benchmarks, tests) decodes to ''."""
+        if self.tokenizer is None:
+            return ""
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
