@@ -70,6 +70,24 @@ class Cache:
         return KVCache.for_network(network, batch, width)
 
 
+class RefreshingCache(Cache):
+    """Approximate caches refreshed by a full-canvas forward at each block start and every ``refresh_every``
+    forwards inside a block (subclasses are dataclasses that declare ``refresh_every``)."""
+
+    refresh_every: int | None = None
+
+    def validate(self) -> None:
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError(f"{self.name} cache: refresh_every must be >= 1 (got {self.refresh_every})")
+
+    def start(self, network, batch, width, block_size):
+        super().start(network, batch, width, block_size)
+        self.kv = self._new_kv(network, batch, width)
+
+    def refresh_due(self, ctx: StepContext) -> bool:
+        return ctx.forwards == 0 or bool(self.refresh_every and ctx.forwards % self.refresh_every == 0)
+
+
 def register(name: str, fits: tuple[str, ...], exact: bool) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
         cls.name, cls.fits, cls.exact = name, fits, exact

@@ -33,10 +33,6 @@ class BlockCache(Cache):
         if self.sub_block is not None and self.sub_block < 1:
             raise ValueError(f"block cache: sub_block must be >= 1 (got {self.sub_block})")
 
-    @property
-    def exact_here(self) -> bool:
-        return self.sub_block is None
-
     def start(self, network, batch, width, block_size):
         super().start(network, batch, width, block_size)
         if block_size is not None and self.sub_block is not None and block_size % self.sub_block:

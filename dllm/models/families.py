@@ -130,7 +130,8 @@ LLADA_RULES = (
 # --------------------------------------------------------------------------------------------------
 # Qwen-style dense families: Dream / DiffuCoder, Fast-dLLM v2, SDAR
 # --------------------------------------------------------------------------------------------------
-def _qwen_config(cfg: dict, *, qkv_bias: bool, qk_norm: bool, norm_weight_fp32: bool = False) -> NetworkConfig:
+def _qwen_config(cfg: dict, *, qkv_bias: bool, qk_norm: bool, norm_weight_fp32: bool = False,
+                 default_eps: float = 1e-6) -> NetworkConfig:
     _common_checks(cfg)
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     head_dim = _head_dim(cfg, hidden, heads)
@@ -142,7 +143,7 @@ def _qwen_config(cfg: dict, *, qkv_bias: bool, qk_norm: bool, norm_weight_fp32: 
         num_kv_heads=cfg.get("num_key_value_heads") or heads,
         head_dim=head_dim,
         intermediate_size=cfg["intermediate_size"],
-        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        norm_eps=cfg.get("rms_norm_eps", default_eps),
         rope_theta=float(cfg.get("rope_theta", 10000.0)),
         rotary_dim=_rotary_dim(cfg, head_dim),
         norm_weight_fp32=norm_weight_fp32,
@@ -168,13 +169,12 @@ QWEN_RULES = (
 # LLaDA-MoE (model_type "llada" with HF-style MoE keys)
 # --------------------------------------------------------------------------------------------------
 def _llada_moe_config(cfg: dict) -> NetworkConfig:
-    _common_checks(cfg)
     _require(cfg, "moe_router_score_function", ("softmax", None))
     if cfg.get("router_num_group") not in (None, 1):
         raise UnsupportedConfigError(f"config.json key 'router_num_group' = {cfg['router_num_group']!r} is not supported (must be null)")
     _reject_true(cfg, "attention_bias")
     base = _qwen_config({**cfg, "intermediate_size": cfg["dense_intermediate_size"]}, qkv_bias=False,
-                        qk_norm=bool(cfg.get("qk_layernorm", True)))
+                        qk_norm=bool(cfg.get("qk_layernorm", True)), default_eps=1e-5)
     n = base.num_layers
     freq = cfg.get("moe_layer_freq", 1)
     moe_layers = tuple(bool(f) for f in freq) if isinstance(freq, list) else tuple(bool(freq) for _ in range(n))
@@ -205,12 +205,9 @@ LLADA_MOE_RULES = QWEN_RULES + (
 # LLaDA2 / BailingMoeV2
 # --------------------------------------------------------------------------------------------------
 def _llada2_config(cfg: dict) -> NetworkConfig:
-    _common_checks(cfg)
     _reject_true(cfg, "norm_head")
     _require(cfg, "score_function", ("sigmoid", None))
-    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    head_dim = _head_dim(cfg, hidden, heads)
-    n = cfg["num_hidden_layers"]
+    base = _qwen_config(cfg, qkv_bias=bool(cfg.get("use_qkv_bias", False)), qk_norm=bool(cfg.get("use_qk_norm", False)))
     first_dense = cfg.get("first_k_dense_replace", 0)
     moe = MoEConfig(
         num_experts=cfg["num_experts"],
@@ -224,24 +221,12 @@ def _llada2_config(cfg: dict) -> NetworkConfig:
         renormalize=True,
         expert_bias=bool(cfg.get("moe_router_enable_expert_bias", True)),
     )
-    return NetworkConfig(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=hidden,
-        num_layers=n,
-        num_heads=heads,
-        num_kv_heads=cfg.get("num_key_value_heads") or heads,
-        head_dim=head_dim,
-        intermediate_size=cfg["intermediate_size"],
-        norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        rotary_dim=_rotary_dim(cfg, head_dim),
-        qkv_bias=bool(cfg.get("use_qkv_bias", False)),
+    return _replace(
+        base,
         o_bias=bool(cfg.get("use_bias", True)),  # class default is True: honour the key
         fused_qkv=True,
-        qk_norm=bool(cfg.get("use_qk_norm", False)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         moe=moe,
-        moe_layers=tuple(i >= first_dense for i in range(n)),
+        moe_layers=tuple(i >= first_dense for i in range(base.num_layers)),
     )
 
 
