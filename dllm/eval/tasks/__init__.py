@@ -1,0 +1,1 @@
+"""lm-eval task YAMLs of the embedded suite (found through ``dllm.eval.task_manager()``) and their helpers."""

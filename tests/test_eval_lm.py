@@ -1,0 +1,278 @@
+"""The lm-eval model ``dllm``: model args, batched generate_until, likelihood requests, results JSON, tasks."""
+
+import json
+
+import lm_eval
+import pytest
+from lm_eval.api.instance import Instance
+
+import dllm
+import dllm.eval
+from dllm.eval import likelihood
+from dllm.eval.lm import DiffusionLM
+from dllm.eval.settings import parse_model_args, plan_canvas, resolve_defaults
+
+from conftest import DECODES
+
+PEAKY = DECODES / "llada_peaky"  # LLaDA format, character tokenizer, 64-token context
+PROMPTS = ["Sort: 31 12 19\n", "To JSON: Ada is 20.\n", "ab", "Solve: a=1, b=a+2. What is b?\n", "x=7\n", "hello world"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return dllm.load(PEAKY)
+
+
+def make_lm(model, **args):
+    args.setdefault("gen_length", 16)
+    args.setdefault("block_length", 8)
+    return DiffusionLM(pretrained=model, **args)
+
+
+def requests(kind, args_list, task="t"):
+    return [Instance(request_type=kind, doc={}, arguments=args, idx=0, metadata=(task, i, 1))
+            for i, args in enumerate(args_list)]
+
+
+# --------------------------------------------------------------------------------------------------
+# model args
+# --------------------------------------------------------------------------------------------------
+def test_model_args_split_into_decoding_sampler_and_cache_options():
+    s = parse_model_args({"pretrained": "tiny", "sampler": "threshold", "threshold": "0.7", "cache": "dual",
+                          "refresh_every": "4", "gen_length": "64", "mc_num": "16", "greedy_check": "true",
+                          "trust_remote_code": True})
+    assert (s.sampler, s.cache, s.gen_length, s.mc_num, s.greedy_check) == ("threshold", "dual", 64, 16, True)
+    assert s.sampler_options == {"threshold": 0.7} and s.cache_options == {"refresh_every": 4}
+    assert parse_model_args({"cache": None}).cache == "none"  # lm-eval turns "cache=none" into None
+    assert parse_model_args({}).cache is None  # the family's default
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"sampler": "thresh"}, "unknown sampler 'thresh' (did you mean 'threshold'?)"),
+    ({"sampler": "threshold", "treshold": 0.5}, "unknown model arg 'treshold' (did you mean 'threshold'?)"),
+    ({"cache": "duall"}, "unknown cache 'duall' (did you mean 'dual'?)"),
+    ({"sampler": "threshold", "threshold": -1}, "threshold must be >= 0"),
+    ({"gen_length": "lots"}, "gen_length='lots' must be a positive integer"),
+    ({"mc_num": 10, "mc_batch_size": 4}, "mc_num=10 is not a multiple of mc_batch_size=4"),
+])
+def test_bad_model_args_fail_in_one_line(args, message):
+    with pytest.raises(ValueError) as info:
+        parse_model_args(args)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_geometry_errors_show_at_construction(model):
+    with pytest.raises(ValueError, match="gen_length=20 is not a multiple of block_length=8"):
+        make_lm(model, gen_length=20, block_length=8)
+    with pytest.raises(ValueError, match="steps=3 is not a multiple of the number of blocks"):
+        make_lm(model, steps=3)
+    with pytest.raises(ValueError, match="cache 'block' does not fit"):
+        make_lm(model, cache="block")
+
+
+def test_a_model_that_cannot_be_loaded_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match="has no config.json"):
+        DiffusionLM(pretrained=str(tmp_path))
+
+
+def test_canvas_shrinks_to_whole_blocks_and_steps_scale(model):
+    s = parse_model_args({"gen_length": 32, "block_length": 8, "steps": 16})
+    resolve_defaults(s, model)
+    canvas = plan_canvas(s, model, 10)
+    assert (canvas.gen_length, canvas.block_length, canvas.steps, canvas.max_tokens) == (16, 8, 8, 10)
+    full = plan_canvas(s, model, None)
+    assert (full.gen_length, full.steps, full.max_tokens) == (32, 16, 32)
+    assert plan_canvas(s, model, 500).gen_length == 32
+
+
+def test_checkpoint_generation_config_sets_the_default_canvas(model, tmp_path):
+    for name in PEAKY.iterdir():
+        (tmp_path / name.name).write_bytes(name.read_bytes())
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 1, "gen_length": 24, "block_length": 12}))
+    lm = DiffusionLM(pretrained=str(tmp_path))
+    assert (lm.settings.gen_length, lm.settings.block_length) == (24, 12)
+
+
+# --------------------------------------------------------------------------------------------------
+# generate_until
+# --------------------------------------------------------------------------------------------------
+def test_batched_generation_equals_one_by_one(model):
+    gen = {"until": [], "max_gen_toks": 16}
+    reqs = requests("generate_until", [(p, gen) for p in PROMPTS])
+    batched = make_lm(model, sampler="threshold", threshold=0.7, batch_size=4).generate_until(reqs)
+    alone = make_lm(model, sampler="threshold", threshold=0.7, batch_size=1).generate_until(reqs)
+    assert batched == alone
+    direct = dllm.generate(model, PROMPTS[0], sampler="threshold", threshold=0.7, gen_length=16, block_length=8)
+    assert batched[0] == direct.texts[0]
+
+
+def test_until_and_max_gen_toks_are_honoured_inside_the_loop(model, monkeypatch):
+    calls = []
+    real = dllm.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dllm, "generate", spy)
+    lm = make_lm(model, batch_size=8)
+    free = lm.generate_until(requests("generate_until", [(p, {"until": []}) for p in PROMPTS]))
+    stop = next(ch for ch in free[0][2:] if ch.strip())  # a character the free output contains
+    lm_stop = make_lm(model, batch_size=8)
+    cut = lm_stop.generate_until(requests("generate_until", [(PROMPTS[0], {"until": [stop], "max_gen_toks": 16})]))
+    assert cut[0] == free[0][: free[0].index(stop)]
+    assert calls[-1]["stop"] == [stop]
+    assert lm_stop.speed.tasks["t"].forwards < lm.speed.tasks["t"].forwards / len(PROMPTS)  # the row stopped early
+    short = make_lm(model).generate_until(requests("generate_until", [(p, {"until": [], "max_gen_toks": 5}) for p in PROMPTS]))
+    assert calls[-1]["gen_length"] == 8  # one block of 8 covers 5 tokens
+    assert all(len(model.encode(text)) <= 5 for text in short)
+
+
+def test_requests_group_by_task_and_settings_and_count_speed_per_task(model):
+    lm = make_lm(model, batch_size=8)
+    reqs = requests("generate_until", [(p, {"until": ["\n"]}) for p in PROMPTS[:3]], task="a")
+    reqs += requests("generate_until", [(p, {"until": ["\n"], "max_gen_toks": 8}) for p in PROMPTS[3:]], task="b")
+    reqs.append(reqs[-1])  # lm-eval pads data-parallel ranks by repeating the last request
+    out = lm.generate_until(reqs)
+    assert out[-1] == out[-2]
+    speed = lm.get_model_info()["dllm"]["speed"]
+    assert speed["a"]["samples"] == 3 and speed["b"]["samples"] == 3
+    for task in ("a", "b"):
+        stats = speed[task]
+        assert stats["tpf"] == pytest.approx(stats["tokens"] / stats["forwards"])
+        assert stats["nfe_per_sample"] == pytest.approx(stats["forwards"] / 3)
+
+
+def test_chat_template_is_applied_when_lm_eval_asks(model):
+    lm = make_lm(model)
+    text = lm.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert text == model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                                       add_generation_prompt=True)
+    results = lm_eval.simple_evaluate(model=lm, tasks=["dllm_sort"], task_manager=dllm.eval.task_manager(include_defaults=False),
+                                      limit=2, apply_chat_template=True, log_samples=True)
+    context = results["samples"]["dllm_sort"][0]["arguments"][0][0]
+    assert context.startswith(text.split("hi")[0]) and "Sort:" in context
+
+
+# --------------------------------------------------------------------------------------------------
+# likelihood requests
+# --------------------------------------------------------------------------------------------------
+def test_loglikelihood_requests_use_the_mc_estimator(model):
+    lm = make_lm(model, mc_num=8, batch_size=4, seed=3)
+    reqs = requests("loglikelihood", [("Sort: 3 1 2\n", "1 2 3"), ("", "abc")])
+    (ll, greedy), (ll_empty, _) = lm.loglikelihood(reqs)
+    prefix, target = lm._encode_pair("Sort: 3 1 2\n", "1 2 3")
+    assert ll == likelihood.mc_loglikelihood(model, prefix, target, mc_num=8, batch_size=4, seed=3)[0]
+    assert greedy is False
+    expected_empty = likelihood.mc_loglikelihood(model, [lm.prefix_token_id], model.encode("abc"), mc_num=8,
+                                                 batch_size=4, seed=3)[0]
+    assert ll_empty == expected_empty
+    assert lm.speed.tasks["t"].ll_requests == 2 and lm.speed.tasks["t"].ll_forwards == 4
+
+
+def test_greedy_check_is_optional(model):
+    lm = make_lm(model, mc_num=4, batch_size=4, greedy_check=True)
+    for context in ("Sort: 3 1 2=", "abc=", "zz", "The answer is"):  # one whose greedy answer survives decode/encode
+        prefix = model.encode(context)
+        out = dllm.generate(model, [prefix], gen_length=4, block_length=4, steps=4, eos_ids=[])
+        ids = out.canvases[0][len(prefix):]
+        answer = model.decode(ids)
+        if model.encode(answer) == ids and model.encode(context + answer) == prefix + ids:
+            break
+    else:
+        pytest.skip("no round-tripping greedy answer for this checkpoint")
+    [(_, greedy)] = lm.loglikelihood(requests("loglikelihood", [(context, answer)]))
+    assert greedy is True
+    other = answer[:-1] + ("a" if answer[-1] != "a" else "b")
+    [(_, greedy)] = lm.loglikelihood(requests("loglikelihood", [(context, other)]))
+    assert greedy is False
+    assert make_lm(model, mc_num=4, batch_size=4).loglikelihood(requests("loglikelihood", [(context, answer)]))[0][1] is False
+
+
+def test_loglikelihood_rolling_sums_windows(model):
+    lm = make_lm(model, mc_num=4, batch_size=4)
+    text = "the quick brown fox jumps over the lazy dog " * 3
+    [total] = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
+    windows = likelihood.rolling_windows(model.encode(text), lm.prefix_token_id, lm.max_length - 1)
+    assert len(windows) > 1
+    expected = sum(likelihood.mc_loglikelihood(model, c, t, mc_num=4, batch_size=4)[0] for c, t in windows)
+    assert total == pytest.approx(expected, abs=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# tasks and results JSON
+# --------------------------------------------------------------------------------------------------
+def test_embedded_tasks_are_found_without_include_path():
+    manager = dllm.eval.task_manager()
+    for task in ("dllm_arith", "dllm_json", "dllm_sort", "dllm_arith_mc", "dllm_json_mc", "dllm_sort_mc"):
+        assert task in manager.all_tasks
+    assert "gsm8k" in manager.all_tasks  # lm-eval's own tasks stay available
+
+
+def test_task_metrics_reuse_the_tiny_scorers():
+    from dllm.eval.tasks import utils
+
+    doc = {"target": '{"name": "Ada", "age": 20, "city": "Rome"}'}
+    assert utils.process_json(doc, ['{"name": "Ada", "age": 21, "city": "Rome"}']) == pytest.approx(
+        {"valid_json": 1.0, "field_accuracy": 2 / 3, "exact_match": 0.0})
+    assert utils.process_json(doc, ['{"name": "Ada", "city": "Rome", "age": 20}'])["exact_match"] == 1.0
+    assert utils.process_json(doc, ["{not json"]) == {"valid_json": 0.0, "field_accuracy": 0.0, "exact_match": 0.0}
+    assert utils.process_arith({"target": "a=1+2=3\n#### 3"}, ["a=1+2=3\n#### 3"]) == {"exact_match": 1.0}
+    assert utils.process_arith({"target": "a=1+2=3\n#### 3"}, ["#### 4"]) == {"exact_match": 0.0}
+    assert utils.process_sort({"target": "1 2 3"}, [" 1 2  3 "]) == {"exact_match": 1.0}
+
+
+def test_results_json_holds_speed_statistics_and_versions(model):
+    lm = make_lm(model, sampler="threshold", mc_num=4, batch_size=4)
+    results = lm_eval.simple_evaluate(model=lm, tasks=["dllm_sort", "dllm_json", "dllm_sort_mc"], limit=3,
+                                      task_manager=dllm.eval.task_manager(include_defaults=False))
+    info = json.loads(json.dumps(results["config"], default=str))["dllm"]
+    assert info["versions"]["dllm"] == dllm.__version__ and info["versions"]["lm_eval"] and info["versions"]["torch"]
+    assert info["settings"]["sampler"] == "threshold" and info["decoding"]["sampler"]["threshold"] == 0.9
+    assert info["decoding"]["cache"]["cache"] == "none"
+    for task in ("dllm_sort", "dllm_json"):
+        speed = info["speed"][task]
+        assert speed["samples"] == 3
+        for key in ("nfe", "nfe_per_sample", "tokens", "tpf", "tokens_per_second", "seconds"):
+            assert key in speed
+    assert info["speed"]["dllm_sort_mc"]["ll_requests"] == 12
+    assert set(results["results"]["dllm_json"]) >= {"valid_json,none", "field_accuracy,none", "exact_match,none"}
+
+
+@pytest.mark.parametrize("family", ["dream", "fast_dllm_v2"])  # logit shift; shift + block-causal attention
+def test_shifted_and_block_causal_families_run_through_the_lm(family):
+    from helpers import random_model
+
+    model = random_model(family, 0)
+    gen = {"until": ["x"], "max_gen_toks": 10}
+    reqs = requests("generate_until", [(p, gen) for p in PROMPTS[:4]])
+    batched = DiffusionLM(pretrained=model, gen_length=16, sampler="threshold", threshold=0.5, batch_size=4)
+    alone = DiffusionLM(pretrained=model, gen_length=16, sampler="threshold", threshold=0.5, batch_size=1)
+    assert batched.generate_until(reqs) == alone.generate_until(reqs)
+    [(ll, _)] = batched.loglikelihood(requests("loglikelihood", [("abc", "d")]))
+    [token] = model.encode("d")
+    logits = model.logits([model.encode("abc") + [model.mask_id]])[0]
+    assert ll == pytest.approx(float(logits[2].log_softmax(-1)[token]), abs=1e-5)  # shifted: row i-1 scores token i
+
+
+def test_multiple_choice_by_likelihood_beats_chance(model):
+    """Until the embedded model ships: the model's own greedy answer among 3 corrupted copies (2 of 8 tokens
+    replaced) must win far more often than chance (1/4) when scored by the MC likelihood."""
+    import random
+
+    rng = random.Random(0)
+    lm = make_lm(model, mc_num=16, batch_size=16)
+    wins = 0
+    for _ in range(20):
+        prefix = [rng.randrange(17, 128) for _ in range(rng.randint(5, 20))]
+        out = dllm.generate(model, [prefix], gen_length=8, block_length=8, steps=8, eos_ids=[])
+        answer = out.canvases[0][len(prefix):]
+        choices = [answer]
+        for _ in range(3):
+            wrong = list(answer)
+            for j in rng.sample(range(8), 2):
+                wrong[j] = rng.randrange(17, 128)
+            choices.append(wrong)
+        scores = lm._loglikelihood_tokens([(None, prefix, c) for c in choices], disable_tqdm=True)
+        wins += max(range(4), key=lambda k: scores[k][0]) == 0
+    assert wins / 20 >= 0.75
