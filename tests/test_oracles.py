@@ -131,17 +131,12 @@ def qwen2_stock_config(d: dict, tie: bool = False) -> Qwen2Config:
     )
 
 
-def dream_config(d: dict) -> dict:
+def qwen_shape_keys(d: dict, hidden: int | None = None) -> dict:
+    """The Qwen2-style keys Dream, Fast-dLLM v2 and SDAR all keep in config.json (sizes of ``d``)."""
     return {
-        "architectures": ["DreamModel"],
-        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-        "model_type": "Dream",
         "attention_dropout": 0.0,
-        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "mask_token_id": 3,
-        "dtype": "float32",
         "hidden_act": "silu",
-        "hidden_size": d["hidden"],
-        "initializer_range": 0.02,
+        "hidden_size": d["hidden"] if hidden is None else hidden,
         "intermediate_size": d["inter"],
         "max_position_embeddings": 128,
         "max_window_layers": d["layers"],
@@ -156,72 +151,54 @@ def dream_config(d: dict) -> dict:
         "use_cache": False,
         "use_sliding_window": False,
         "vocab_size": d["vocab"],
+    }
+
+
+def dream_config(d: dict) -> dict:
+    return {
+        **qwen_shape_keys(d),
+        "architectures": ["DreamModel"],
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        "model_type": "Dream",
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "mask_token_id": 3,
+        "dtype": "float32",
+        "initializer_range": 0.02,
     }
 
 
 def fast_dllm_v2_config(d: dict, tie: bool) -> dict:
     """Fast-dLLM v2 keeps Qwen2 keys plus bd_size; the mask id is *not* in config.json (tokenizer only)."""
     return {
+        **qwen_shape_keys(d),
         "architectures": ["Fast_dLLM_QwenForCausalLM"],
         "auto_map": {"AutoConfig": "configuration.Fast_dLLM_QwenConfig", "AutoModel": "modeling.Fast_dLLM_QwenModel",
                      "AutoModelForCausalLM": "modeling.Fast_dLLM_QwenForCausalLM"},
         "model_type": "Fast_dLLM_Qwen",
-        "attention_dropout": 0.0,
         "bd_size": d["block"],
         "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 2,
         "conplemenrary_mask": True,
         "dtype": "float32",
-        "hidden_act": "silu",
-        "hidden_size": d["hidden"],
-        "intermediate_size": d["inter"],
         "layer_types": ["full_attention"] * d["layers"],
-        "max_position_embeddings": 128,
-        "max_window_layers": d["layers"],
-        "num_attention_heads": d["heads"],
-        "num_hidden_layers": d["layers"],
-        "num_key_value_heads": d["kv_heads"],
-        "rms_norm_eps": d["eps"],
-        "rope_scaling": None,
-        "rope_theta": d["theta"],
-        "sliding_window": None,
         "tie_word_embeddings": tie,
         "use_cache": True,
-        "use_sliding_window": False,
-        "vocab_size": d["vocab"],
     }
 
 
 def sdar_config(d: dict, hidden: int) -> dict:
     return {
+        **qwen_shape_keys(d, hidden),
         "architectures": ["SDARForCausalLM"],
         "auto_map": {"AutoConfig": "configuration_sdar.SDARConfig", "AutoModel": "modeling_sdar.SDARModel",
                      "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
         "model_type": "sdar",
         "attention_bias": False,
-        "attention_dropout": 0.0,
         "attn_implementation": "flex_attention",
         "block_size": d["block"],
         "bos_token_id": 0, "eos_token_id": 0, "mask_token_id": 5,
         "debug": False, "ep_size": 1, "fuse_cross_entropy": True, "micro_forward": False,
         "skip_checkpoint": False, "use_deepep": False,
         "head_dim": d["head_dim"],
-        "hidden_act": "silu",
-        "hidden_size": hidden,
-        "intermediate_size": d["inter"],
-        "max_position_embeddings": 128,
-        "max_window_layers": d["layers"],
-        "num_attention_heads": d["heads"],
-        "num_hidden_layers": d["layers"],
-        "num_key_value_heads": d["kv_heads"],
-        "rms_norm_eps": d["eps"],
-        "rope_scaling": None,
-        "rope_theta": d["theta"],
-        "sliding_window": None,
-        "tie_word_embeddings": False,
         "torch_dtype": "float32",
-        "use_cache": False,
-        "use_sliding_window": False,
-        "vocab_size": d["vocab"],
     }
 
 

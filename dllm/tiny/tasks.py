@@ -22,10 +22,12 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 TASKS = ("arith", "json", "sort")
 TEST_PERCENT = 5  # share of the problem space (by hash) reserved for the test split
 TEST_SIZE = 300  # examples per shipped test file
+DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -42,39 +44,30 @@ class Example:
 # arith
 # --------------------------------------------------------------------------------------------------
 _LETTERS = "abcdefghkmnpqrstuvwxyz"
-MAX_VALUE = 99  # every given and intermediate value stays in 0..99
+MAX_VALUE = 50  # every given and intermediate value stays in 0..50
 
 
 def _arith(rng: random.Random) -> Example:
-    """1-2 given values, then 1-3 derived ones (``x = y op k`` or ``x = y op z``); asks for the last one."""
-    n_given = rng.choice((1, 2))
-    n_derived = rng.choice((1, 2, 3))
-    names = rng.sample(_LETTERS, n_given + n_derived)
-    values: dict[str, int] = {}
-    statements, lines = [], []
-    for name in names[:n_given]:
-        values[name] = rng.randint(1, 20)
-        statements.append(f"{name}={values[name]}")
-    for name in names[n_given:]:
+    """A chain: one given value, then 1-2 variables each derived from the previous one and a constant 1-9.
+
+    Sized to the training budget (see README): values stay in 0..50, products only by 2 or 3.
+    """
+    names = rng.sample(_LETTERS, 1 + rng.choice((1, 2)))
+    value = rng.randint(1, 20)
+    statements, lines = [f"{names[0]}={value}"], []
+    for previous, name in zip(names, names[1:]):
         while True:
-            left = rng.choice(list(values))
-            use_var = len(values) > 1 and rng.random() < 0.4
-            right = rng.choice([v for v in values if v != left]) if use_var else None
-            b = values[right] if right else rng.randint(1, 9)
-            a = values[left]
             op = rng.choice("+-*")
-            result = {"+": a + b, "-": a - b, "*": a * b}[op]
-            if op == "*" and (a > 12 or b > 9 or b < 2):
-                continue
+            k = rng.randint(2, 3) if op == "*" else rng.randint(1, 9)
+            result = {"+": value + k, "-": value - k, "*": value * k}[op]
             if 0 <= result <= MAX_VALUE:
                 break
-        values[name] = result
-        statements.append(f"{name}={left}{op}{right or b}")
-        lines.append(f"{name}={a}{op}{b}={result}")
-    question = names[-1]
-    prompt = f"Solve: {', '.join(statements)}. What is {question}?\n"
-    target = "\n".join(lines + [f"#### {values[question]}"])
-    return Example("arith", prompt, target, {"answer": values[question]})
+        statements.append(f"{name}={previous}{op}{k}")
+        lines.append(f"{name}={value}{op}{k}={result}")
+        value = result
+    prompt = f"Solve: {', '.join(statements)}. What is {names[-1]}?\n"
+    target = "\n".join(lines + [f"#### {value}"])
+    return Example("arith", prompt, target, {"answer": value})
 
 
 def arith_answer(text: str) -> int | None:
@@ -139,8 +132,8 @@ def _json(rng: random.Random) -> Example:
 # sort
 # --------------------------------------------------------------------------------------------------
 def _sort(rng: random.Random) -> Example:
-    """3-8 numbers in 0..99 (repeats allowed) -> ascending order."""
-    numbers = [rng.randint(0, 99) for _ in range(rng.randint(3, 8))]
+    """3-6 distinct numbers in 0..49 -> ascending order (sized to the training budget, see README)."""
+    numbers = rng.sample(range(50), rng.randint(3, 6))
     prompt = f"Sort: {' '.join(map(str, numbers))}\n"
     return Example("sort", prompt, " ".join(map(str, sorted(numbers))), {"numbers": numbers})
 
@@ -255,6 +248,53 @@ def _corrupt(example: Example, rng: random.Random) -> str | None:
         if rng.random() < 0.5 and numbers[i] != numbers[j]:
             numbers[i], numbers[j] = numbers[j], numbers[i]
         else:
-            numbers[j] = min(99, max(0, numbers[j] + rng.choice((-1, 1, 10))))
+            numbers[j] = min(49, max(0, numbers[j] + rng.choice((-1, 1, 10))))
         return " ".join(map(str, numbers))
     raise ValueError(f"unknown task {example.task!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# shipped test files
+# --------------------------------------------------------------------------------------------------
+def test_record(example: Example, index: int) -> dict:
+    """One line of ``data/<task>_test.jsonl``: prompt, reference answer, what is scored, and 4 choices.
+
+    ``target`` is the full reference answer (what generation should produce, EOS excluded); ``answer`` is
+    what the scorer compares (arith: the number, json: the object, sort: the sorted numbers); ``choices`` +
+    ``label`` are a multiple-choice version (the target among 3 distractors) for loglikelihood scoring.
+    """
+    answer = {"arith": lambda: example.meta["answer"], "json": lambda: example.meta["record"],
+              "sort": lambda: sorted(example.meta["numbers"])}[example.task]()
+    choices = [example.target] + distractors(example)
+    random.Random(f"choices\x00{example.prompt}").shuffle(choices)
+    return {"id": f"{example.task}-{index:04d}", "task": example.task, "prompt": example.prompt,
+            "target": example.target, "answer": answer, "choices": choices, "label": choices.index(example.target)}
+
+
+def export_test_sets(directory: Path = DATA_DIR, size: int = TEST_SIZE) -> list[Path]:
+    """(Re)write ``<task>_test.jsonl`` for every task; the files are a function of the code alone."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task in TASKS:
+        path = directory / f"{task}_test.jsonl"
+        lines = [json.dumps(test_record(ex, i)) for i, ex in enumerate(test_set(task, size))]
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def load_test_set(task: str, directory: Path = DATA_DIR) -> list[Example]:
+    """The shipped held-out problems of ``task`` (from ``data/<task>_test.jsonl``)."""
+    path = directory / f"{task}_test.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python -m dllm.tiny.tasks` to write the test sets")
+    examples = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        examples.append(Example(record["task"], record["prompt"], record["target"], {"answer": record["answer"]}))
+    return examples
+
+
+if __name__ == "__main__":
+    for written in export_test_sets():
+        print(f"wrote {written}")

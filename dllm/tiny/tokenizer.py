@@ -8,6 +8,7 @@ The tokenizer is rebuilt deterministically from the task generators (same seed, 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from . import tasks
@@ -17,16 +18,23 @@ SPECIAL_TOKENS = (BOS, EOS, MASK, PAD)  # ids 0..3, in this order
 VOCAB_SIZE = 1024
 CORPUS_SEED = 2024
 CORPUS_SIZE = 30_000
+# Pre-tokenization: letter runs, numbers in chunks of at most two digits, and runs of everything else
+# (spaces, punctuation). Words and numbers never absorb a neighbouring space, so "Gus" or "41" is the same
+# token in a sentence, a JSON string or a list, and copying it is an identity the model learns once.
+PIECES = r"\p{L}+| ?\p{N}{1,2}| ?[^\p{L}\p{N}\s]+|\s+"
 
 
+@lru_cache(maxsize=2)
 def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size: int = CORPUS_SIZE):
-    """A :class:`tokenizers.Tokenizer` trained on ``size`` training problems (prompt + answer)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A :class:`tokenizers.Tokenizer` trained on ``size`` training problems (prompt + answer).
+
+    Cached: the result is a pure function of the arguments (callers must not modify it)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        pre_tokenizers.Split(Regex(PIECES), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -35,7 +43,8 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = [ex.prompt + ex.target for ex in tasks.train_examples(seed, size)]
+    # prompts and answers are encoded separately in training and decoding: no merges across the boundary
+    corpus = [text for ex in tasks.train_examples(seed, size) for text in (ex.prompt, ex.target)]
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer
 
