@@ -275,10 +275,16 @@ def test_only_pickle_weights(tmp_path):
     expect_error(CheckpointError, directory, "safetensors")
 
 
+def test_corrupt_tokenizer_json(tmp_path):
+    directory = copy_golden(tmp_path, "llada")
+    (directory / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    expect_error(CheckpointError, directory, "cannot read the tokenizer (tokenizer.json)", "re-download")
+
+
 def test_hub_id_not_in_local_cache_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     message = expect_error(CheckpointError, "dllm-test-nobody/not-a-cached-checkpoint",
-                           "'dllm-test-nobody/not-a-cached-checkpoint'", "not in the local Hugging Face cache",
+                           "'dllm-test-nobody/not-a-cached-checkpoint'", "neither a local directory nor in the local Hugging Face cache",
                            "local checkpoint directory")
     assert "HF_HUB_OFFLINE" in message
 

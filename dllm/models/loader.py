@@ -105,7 +105,7 @@ def _from_hub(repo_id: str) -> Path:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise CheckpointError(
-            f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot be "
+            f"'{repo_id}' is neither a local directory nor in the local Hugging Face cache, and HF_HUB_OFFLINE is set, so it cannot be "
             f"downloaded: pass a local checkpoint directory instead (dllm.load('/path/to/checkpoint'), the folder "
             f"holding config.json and *.safetensors) or download it first (hf download {repo_id})"
         )
@@ -113,7 +113,7 @@ def _from_hub(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # no network, unknown repo, gated repo ...
         raise CheckpointError(
-            f"'{repo_id}' is not in the local Hugging Face cache and could not be downloaded "
+            f"'{repo_id}' is neither a local directory nor in the local Hugging Face cache, and could not be downloaded "
             f"({type(exc).__name__}): pass a local checkpoint directory instead (dllm.load('/path/to/checkpoint'), "
             f"the folder holding config.json and *.safetensors)"
         ) from None
@@ -235,13 +235,18 @@ def load_tokenizer(directory: Path):
     from transformers import PreTrainedTokenizerFast
 
     if (directory / "tokenizer.json").exists():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+        reader, files = PreTrainedTokenizerFast, "tokenizer.json"
     elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
         from transformers import Qwen2TokenizerFast
 
-        tokenizer = Qwen2TokenizerFast.from_pretrained(str(directory))
+        reader, files = Qwen2TokenizerFast, "vocab.json + merges.txt"
     else:
         raise CheckpointError(f"{directory} has no tokenizer.json (or vocab.json + merges.txt): add the tokenizer files")
+    try:
+        tokenizer = reader.from_pretrained(str(directory))
+    except Exception as exc:  # corrupt or truncated files surface as parser errors of several kinds
+        raise CheckpointError(f"cannot read the tokenizer ({files}) in {directory}: {_one_line(exc)}; "
+                              f"fix or re-download the tokenizer files") from None
     template = directory / "chat_template.jinja"
     if getattr(tokenizer, "chat_template", None) is None and template.exists():
         tokenizer.chat_template = template.read_text()
