@@ -41,4 +41,4 @@ def test_static_scores_equal_the_tiny_scorer(tiny):
 @pytest.mark.parametrize("task", ["dllm_arith_mc", "dllm_sort_mc"])
 def test_multiple_choice_by_likelihood_beats_chance(tiny, task):
     results = evaluate(tiny, [task], mc_num=16, seed=0)
-    assert results["results"][task]["acc,none"] > 0.5  # 4 choices: chance is 0.25
+    assert results["results"][task]["acc,none"] >= 0.75  # 4 choices: chance is 0.25

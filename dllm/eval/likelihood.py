@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 
 def request_generator(seed: int, prefix: list[int], target: list[int]) -> torch.Generator:
-    """A CPU generator seeded by ``seed`` and the request's tokens: the estimate of a request is the same
-    alone, in any batch, on any rank, in any order."""
-    digest = hashlib.sha256(f"{seed}|{prefix}|{target}".encode()).digest()
+    """A CPU generator seeded by ``seed``, the prefix and the target's *length*: the estimate of a request is
+    the same alone, in any batch, on any rank, in any order; and the choices of a multiple-choice question
+    (same prefix) that have the same length are scored under the same masks (common random numbers), so
+    their comparison is not drowned in masking noise."""
+    digest = hashlib.sha256(f"{seed}|{prefix}|{len(target)}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
 
 
