@@ -30,8 +30,8 @@ def parse_option(text: str) -> tuple[str, object]:
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default="static", help="sampler name (see `dllm generate --list-samplers`)")
     parser.add_argument("--cache", default=None, help="none | prefix | dual | block (default: the family's)")
-    parser.add_argument("--gen-length", type=int, default=128)
-    parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--gen-length", type=int, default=None, help="canvas size (default: the checkpoint's, else 128)")
+    parser.add_argument("--block-length", type=int, default=None, help="default: the checkpoint's when it divides gen_length")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threshold", type=float, default=None, help="threshold sampler's confidence threshold")
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -64,6 +64,19 @@ def _generate_arguments(parser):
     add_decoding_arguments(parser)
 
 
+def _checkpoint_canvas(model, kwargs: dict) -> None:
+    """Fill gen_length / block_length left unset from the checkpoint's generation_config.json (the embedded
+    model ships the canvas it was trained for), else gen_length 128 and dllm.generate's own block rule."""
+    from dllm.eval.settings import checkpoint_defaults
+
+    defaults = checkpoint_defaults(model)
+    if kwargs["gen_length"] is None:
+        kwargs["gen_length"] = defaults.get("gen_length", 128)
+        block = defaults.get("block_length")
+        if kwargs["block_length"] is None and block and kwargs["gen_length"] % block == 0:
+            kwargs["block_length"] = block
+
+
 def _generate(args) -> int:
     import dllm
 
@@ -74,6 +87,7 @@ def _generate(args) -> int:
     prompts = _read_prompts(args)
     model = dllm.load(args.model, dtype=args.dtype, device=args.device)
     kwargs = decoding_kwargs(args)
+    _checkpoint_canvas(model, kwargs)
     batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     progress = None
     if len(batches) > 1:

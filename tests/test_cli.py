@@ -43,3 +43,11 @@ def test_list_samplers(capsys):
     assert main(["generate", "--list-samplers"]) == 0
     out = capsys.readouterr().out
     assert "static:" in out and "threshold:" in out
+
+
+def test_generate_takes_the_canvas_from_the_checkpoint(capsys):
+    # the embedded model's generation_config.json says gen_length 32, block_length 16 (its context is 128, so
+    # the old fixed default of 128 new tokens could not even fit a prompt)
+    assert main(["generate", "--prompt", "Sort: 31 12 19\n", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"] == "12 19 31" and row["nfe"] <= 32
