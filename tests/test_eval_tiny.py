@@ -9,8 +9,6 @@ import dllm.eval
 from dllm.eval.lm import DiffusionLM
 from dllm.tiny import score
 
-CHECKPOINT = dllm.models.loader.EMBEDDED_MODELS["tiny"]
-pytestmark = pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="the embedded model is not shipped yet")
 LIMIT = 24
 
 
