@@ -63,6 +63,11 @@ class Cache:
     def validate(self) -> None:
         """Check option values; raise ValueError with a one-line message naming the fix."""
 
+    def _check_positive(self, option: str) -> None:
+        value = getattr(self, option)
+        if value is not None and value < 1:
+            raise ValueError(f"{self.name} cache: {option} must be >= 1 (got {value})")
+
     def describe(self) -> dict:
         return {"cache": self.name, **dataclasses.asdict(self)}
 
@@ -77,8 +82,7 @@ class RefreshingCache(Cache):
     refresh_every: int | None = None
 
     def validate(self) -> None:
-        if self.refresh_every is not None and self.refresh_every < 1:
-            raise ValueError(f"{self.name} cache: refresh_every must be >= 1 (got {self.refresh_every})")
+        self._check_positive("refresh_every")
 
     def start(self, network, batch, width, block_size):
         super().start(network, batch, width, block_size)

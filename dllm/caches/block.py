@@ -30,8 +30,7 @@ class BlockCache(Cache):
     sub_block: int | None = None
 
     def validate(self) -> None:
-        if self.sub_block is not None and self.sub_block < 1:
-            raise ValueError(f"block cache: sub_block must be >= 1 (got {self.sub_block})")
+        self._check_positive("sub_block")
 
     def start(self, network, batch, width, block_size):
         super().start(network, batch, width, block_size)
