@@ -135,26 +135,18 @@ def build_network(config: dict, seed: int):
 
 
 def llada_state_dict(net) -> dict[str, torch.Tensor]:
-    """Native parameter names -> LLaDA checkpoint names (the inverse of ``families.LLADA_RULES``)."""
-    rename = {
-        "attn_norm.weight": "attn_norm.weight", "mlp_norm.weight": "ff_norm.weight",
-        "attn.q.weight": "q_proj.weight", "attn.k.weight": "k_proj.weight", "attn.v.weight": "v_proj.weight",
-        "attn.o.weight": "attn_out.weight", "mlp.gate.weight": "ff_proj.weight", "mlp.up.weight": "up_proj.weight",
-        "mlp.down.weight": "ff_out.weight",
-    }
+    """Native parameter names -> LLaDA checkpoint names, through the loader's own weight rules inverted
+    (:func:`dllm.models.families.checkpoint_name`), so export and load cannot drift apart."""
+    from ..models.families import checkpoint_name, family_by_name
+
+    llada = family_by_name("llada")
     out = {}
     for name, tensor in net.state_dict().items():
-        if name == "embed.weight":
-            key = "model.transformer.wte.weight"
-        elif name == "final_norm.weight":
-            key = "model.transformer.ln_f.weight"
-        elif name == "lm_head.weight":
-            if net.cfg.tie_embeddings:
-                continue  # weight_tying: LLaDA checkpoints then have no separate output matrix
-            key = "model.transformer.ff_out.weight"
-        else:
-            _, index, rest = name.split(".", 2)
-            key = f"model.transformer.blocks.{index}.{rename[rest]}"
+        if name == "lm_head.weight" and net.cfg.tie_embeddings:
+            continue  # weight_tying: LLaDA checkpoints then have no separate output matrix
+        key = checkpoint_name(llada, name)
+        if key is None:
+            raise ValueError(f"no LLaDA checkpoint name maps onto the native parameter '{name}'")
         out[key] = tensor.detach().float().contiguous().clone()
     return out
 
