@@ -67,9 +67,7 @@ def _generate_arguments(parser):
 def _checkpoint_canvas(model, kwargs: dict) -> None:
     """Fill gen_length / block_length left unset from the checkpoint's generation_config.json (the embedded
     model ships the canvas it was trained for), else gen_length 128 and dllm.generate's own block rule."""
-    from dllm.eval.settings import checkpoint_defaults
-
-    defaults = checkpoint_defaults(model)
+    defaults = model.canvas_defaults
     if kwargs["gen_length"] is None:
         kwargs["gen_length"] = defaults.get("gen_length", 128)
         block = defaults.get("block_length")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -126,17 +125,6 @@ def _check_numbers(s: EvalSettings) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-def checkpoint_defaults(model) -> dict:
-    """``gen_length`` / ``block_length`` a checkpoint recommends in its generation_config.json (the tiny
-    model ships the canvas it was trained for), or {}."""
-    path = getattr(model, "path", None)
-    try:
-        data = json.loads((path / "generation_config.json").read_text()) if path else {}
-    except (OSError, ValueError, TypeError):
-        return {}
-    return {k: data[k] for k in ("gen_length", "block_length") if isinstance(data.get(k), int) and data[k] > 0}
-
-
 @dataclass(frozen=True)
 class Canvas:
     """How one request decodes: canvas size, block length and step budget handed to ``dllm.generate``."""
@@ -152,7 +140,7 @@ def resolve_defaults(settings: EvalSettings, model) -> None:
     against the model's attention pattern and the cache, so errors show before any request runs."""
     from dllm import caches
 
-    defaults = checkpoint_defaults(model)
+    defaults = model.canvas_defaults
     if settings.gen_length is None:
         settings.gen_length = defaults.get("gen_length", 128)
     full = model.attention != "block_causal"

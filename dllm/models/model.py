@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,16 @@ class Model:
             if self.config.get(key):
                 return int(self.config[key])
         return None
+
+    @property
+    def canvas_defaults(self) -> dict:
+        """``gen_length`` / ``block_length`` the checkpoint recommends in its generation_config.json (the tiny
+        model ships the canvas it was trained for), or {}; the CLI and the lm-eval model fall back to them."""
+        try:
+            data = json.loads((Path(self.path) / "generation_config.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return {}
+        return {k: data[k] for k in ("gen_length", "block_length") if isinstance(data.get(k), int) and data[k] > 0}
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.network.parameters())
