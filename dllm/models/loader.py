@@ -19,7 +19,8 @@ from .families import Family, UnsupportedConfigError, checkpoint_name, detect_fa
 from .model import Model
 from .network import Network
 
-EMBEDDED_MODELS = {"tiny": Path(__file__).resolve().parent.parent / "tiny" / "checkpoint"}
+EMBEDDED_MODELS = {"tiny": Path(__file__).resolve().parent.parent / "tiny" / "checkpoint",
+                   "tiny-cot": Path(__file__).resolve().parent.parent / "tiny" / "checkpoint_cot"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 

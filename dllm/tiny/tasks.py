@@ -150,11 +150,29 @@ def in_test_split(example: Example) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
 
 
+def _generator(task: str):
+    """The generator of ``task``: the first suite's here, ``tiny-cot``'s in :mod:`.cot_tasks`."""
+    if task in _GENERATORS:
+        return _GENERATORS[task]
+    from . import cot_tasks
+
+    if task in cot_tasks.GENERATORS:
+        return lambda rng: cot_tasks.generate(task, rng)
+    raise ValueError(f"unknown task {task!r} (known: {', '.join(all_tasks())})")
+
+
+def all_tasks() -> tuple[str, ...]:
+    """Every task name: the ``tiny`` suite, then the ``tiny-cot`` suite."""
+    from .cot_tasks import COT_TASKS
+
+    return TASKS + COT_TASKS
+
+
 def sample(task: str, rng: random.Random, split: str = "train") -> Example:
     """Draw one problem of ``task`` from ``split`` ("train" or "test")."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    generate = _GENERATORS[task]
+    generate = _generator(task)
     while True:
         example = generate(rng)
         if in_test_split(example) == (split == "test"):
@@ -189,6 +207,10 @@ def score(task: str, target: str, completion: str) -> dict[str, float]:
     JSON object, ``exact`` = it has exactly the reference fields and values (order ignored). sort: ``exact``
     = the same list of numbers (whitespace ignored).
     """
+    if task.startswith("cot_"):
+        from . import cot_tasks
+
+        return cot_tasks.score(task, reference_answer(task, target), completion)
     completion = completion.strip()
     if task == "arith":
         return {"exact": float(arith_answer(completion) == arith_answer(target))}
@@ -202,6 +224,19 @@ def score(task: str, target: str, completion: str) -> dict[str, float]:
     if task == "sort":
         return {"exact": float(completion.split() == target.split())}
     raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+
+
+def reference_answer(task: str, target: str):
+    """What the scorer compares, recovered from a reference answer text (``tiny-cot`` tasks)."""
+    if task == "cot_arith":
+        return arith_answer(target)
+    if task == "cot_filter":
+        return sorted(int(w) for w in target.split())
+    if task == "cot_copy":
+        return target
+    if task == "cot_json":
+        return json.loads(target)
+    raise ValueError(f"no reference answer rule for task {task!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,6 +298,10 @@ def test_record(example: Example, index: int) -> dict:
     what the scorer compares (arith: the number, json: the object, sort: the sorted numbers); ``choices`` +
     ``label`` are a multiple-choice version (the target among 3 distractors) for loglikelihood scoring.
     """
+    if example.task.startswith("cot_"):  # generation only; cot_filter's reference is one of many valid orders
+        target = example.meta.get("canonical", example.target)
+        return {"id": f"{example.task}-{index:04d}", "task": example.task, "prompt": example.prompt,
+                "target": target, "answer": example.meta["answer"]}
     answer = {"arith": lambda: example.meta["answer"], "json": lambda: example.meta["record"],
               "sort": lambda: sorted(example.meta["numbers"])}[example.task]()
     choices = [example.target] + distractors(example)
@@ -275,7 +314,7 @@ def export_test_sets(directory: Path = DATA_DIR, size: int = TEST_SIZE) -> list[
     """(Re)write ``<task>_test.jsonl`` for every task; the files are a function of the code alone."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for task in TASKS:
+    for task in all_tasks():
         path = directory / f"{task}_test.jsonl"
         lines = [json.dumps(test_record(ex, i)) for i, ex in enumerate(test_set(task, size))]
         path.write_text("\n".join(lines) + "\n")

@@ -1,8 +1,8 @@
 """The embedded model's tokenizer: a small byte-level BPE trained on the task corpus.
 
-Byte-level so any text round-trips (no unknown tokens); digits are always split into single characters so
-that numbers are spelled digit by digit, which is what makes arithmetic and sorting learnable for a tiny
-model. Special tokens use LLaDA's strings, so the same loader rules find them as in a real checkpoint.
+Byte-level so any text round-trips (no unknown tokens); numbers are split into chunks of at most two digits
+(see ``PIECES``), so every value below 100 is one token and longer numbers are spelled in two-digit pieces,
+which keeps arithmetic and sorting learnable for a tiny model. Special tokens use LLaDA's strings, so the same loader rules find them as in a real checkpoint.
 The tokenizer is rebuilt deterministically from the task generators (same seed, same vocabulary).
 """
 
@@ -24,9 +24,10 @@ CORPUS_SIZE = 30_000
 PIECES = r"\p{L}+| ?\p{N}{1,2}| ?[^\p{L}\p{N}\s]+|\s+"
 
 
-@lru_cache(maxsize=2)
-def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size: int = CORPUS_SIZE):
-    """A :class:`tokenizers.Tokenizer` trained on ``size`` training problems (prompt + answer).
+@lru_cache(maxsize=4)
+def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size: int = CORPUS_SIZE,
+                    task_names: tuple[str, ...] = tasks.TASKS):
+    """A :class:`tokenizers.Tokenizer` trained on ``size`` training problems (prompt + answer) of ``task_names``.
 
     Cached: the result is a pure function of the arguments (callers must not modify it)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -44,7 +45,7 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size:
         show_progress=False,
     )
     # prompts and answers are encoded separately in training and decoding: no merges across the boundary
-    corpus = [text for ex in tasks.train_examples(seed, size) for text in (ex.prompt, ex.target)]
+    corpus = [text for ex in tasks.train_examples(seed, size, task_names) for text in (ex.prompt, ex.target)]
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer
 

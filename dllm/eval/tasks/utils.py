@@ -63,3 +63,43 @@ def process_json(doc: dict, results: list[str]) -> dict:
     if isinstance(parsed, dict):
         fields = sum(key in parsed and parsed[key] == value for key, value in reference.items()) / len(reference)
     return {"valid_json": scores["parseable"], "field_accuracy": fields, "exact_match": scores["exact"]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# tiny-cot suite (dllm_cot_*): scored by dllm.tiny.tasks.score, which accepts every valid answer
+# ----------------------------------------------------------------------------------------------------
+def load_cot_arith(**_metadata):
+    return _dataset("cot_arith")
+
+
+def load_cot_filter(**_metadata):
+    return _dataset("cot_filter")
+
+
+def load_cot_copy(**_metadata):
+    return _dataset("cot_copy")
+
+
+def load_cot_json(**_metadata):
+    return _dataset("cot_json")
+
+
+def process_cot_arith(doc: dict, results: list[str]) -> dict:
+    """Exact match of the number after ``####``."""
+    return {"exact_match": _score("cot_arith", doc, results)["exact"]}
+
+
+def process_cot_filter(doc: dict, results: list[str]) -> dict:
+    """The selected numbers, each once, in any order."""
+    return {"exact_match": _score("cot_filter", doc, results)["exact"]}
+
+
+def process_cot_copy(doc: dict, results: list[str]) -> dict:
+    """Exact match of the copied / reversed / shifted sequence."""
+    return {"exact_match": _score("cot_copy", doc, results)["exact"]}
+
+
+def process_cot_json(doc: dict, results: list[str]) -> dict:
+    """Valid-JSON rate, share of top-level reference fields reproduced exactly, exact match of the object."""
+    scores = _score("cot_json", doc, results)
+    return {"valid_json": scores["parseable"], "field_accuracy": scores["fields"], "exact_match": scores["exact"]}
