@@ -44,9 +44,11 @@ class BlockCache(Cache):
         if self.sub_block and ctx.sampler_steps > 0 and kv.length == block_start:
             start, end = ctx.span
             if not ctx.any_opening_undecided:
-                return Feed(start, end, kv.at_slots(start, end - start, key_len=block_end))
+                return Feed(start, end, kv.at_slots(start, end - start, key_len=block_end), ephemeral=True)
             columns = torch.arange(block_start, block_end, device=ctx.opening_undecided.device)
             outside = (columns < start) | (columns >= end)
             keep = ~ctx.opening_undecided[:, None] & outside[None, :]
             return Feed(block_start, block_end, kv.at_slots(block_start, block_end - block_start, block_end, keep))
-        return Feed(kv.length, block_end, kv.append(block_end - kv.length, commit=block_start - kv.length))
+        commit = block_start - kv.length
+        return Feed(kv.length, block_end, kv.append(block_end - kv.length, commit=commit), ephemeral=commit == 0
+                    and not self.sub_block)

@@ -19,6 +19,5 @@ class DualCache(RefreshingCache):
     def plan(self, ctx: StepContext) -> Feed:
         start, end = ctx.span
         if self.refresh_due(ctx):
-            self.kv.reset()
-            return Feed(0, ctx.width, self.kv.append(ctx.width))
-        return Feed(start, end, self.kv.at_slots(start, end - start, key_len=ctx.width))
+            return Feed(0, ctx.width, self.kv.rewrite(ctx.width))
+        return Feed(start, end, self.kv.at_slots(start, end - start, key_len=ctx.width), ephemeral=True)

@@ -15,5 +15,5 @@ class NoCache(Cache):
 
     def plan(self, ctx: StepContext) -> Feed:
         if self.block_size is None:
-            return Feed(0, ctx.width)
-        return Feed(0, model_block(ctx.span, self.block_size, ctx.width)[1])
+            return Feed(0, ctx.width, ephemeral=True)
+        return Feed(0, model_block(ctx.span, self.block_size, ctx.width)[1], ephemeral=True)

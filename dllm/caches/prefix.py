@@ -20,6 +20,5 @@ class PrefixCache(RefreshingCache):
     def plan(self, ctx: StepContext) -> Feed:
         block_start = ctx.span[0]
         if self.refresh_due(ctx):
-            self.kv.reset()
-            return Feed(0, ctx.width, self.kv.append(ctx.width), after=lambda: self.kv.crop(block_start))
-        return Feed(block_start, ctx.width, self.kv.read(ctx.width - block_start))
+            return Feed(0, ctx.width, self.kv.rewrite(ctx.width), after=lambda: self.kv.crop(block_start))
+        return Feed(block_start, ctx.width, self.kv.read(ctx.width - block_start), ephemeral=True)

@@ -48,8 +48,11 @@ class Canvas:
 
 
 def build_canvas(prompts: list[list[int]], gen_length: int, block_length: int, *, mask_id: int, pad_id: int,
-                 block_size: int | None, device) -> Canvas:
-    """Lay out ``prompts`` (token-id lists) with ``gen_length`` MASK positions each (see module docstring)."""
+                 block_size: int | None, device, span_lengths: list[int] | None = None) -> Canvas:
+    """Lay out ``prompts`` (token-id lists) with ``gen_length`` MASK positions each (see module docstring).
+
+    ``span_lengths``: decode spans of a sampler's own layout (full-attention families only), left to right,
+    summing to ``gen_length``; default blocks of ``block_length``."""
     lengths = torch.tensor([len(p) for p in prompts])
     batch = len(prompts)
     if block_size is None:
@@ -71,7 +74,14 @@ def build_canvas(prompts: list[list[int]], gen_length: int, block_length: int, *
     keep = (cols >= pad[:, None]) & (cols < gen_end[:, None])
     positions = (cols[None, :] - pad[:, None]).clamp(min=0)
 
-    if block_size is None:
+    if block_size is None and span_lengths is not None:
+        if sum(span_lengths) != gen_length or min(span_lengths) < 1:
+            raise ValueError(f"span lengths {span_lengths} must be positive and sum to gen_length {gen_length}")
+        edges = [int(gen_start[0])]
+        for length in span_lengths:
+            edges.append(edges[-1] + length)
+        spans = list(zip(edges[:-1], edges[1:]))
+    elif block_size is None:
         first = int(gen_start[0])
         spans = [(s, min(s + block_length, width)) for s in range(first, width, block_length)]
     else:

@@ -7,46 +7,62 @@ import torch
 CONFIDENCES = ("prob", "margin", "entropy")
 
 
-def propose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
-            exclude: int | None = None) -> torch.Tensor:
-    """Proposed tokens [B, W]: argmax (lowest id on ties), or a sample from softmax(logits / temperature).
+def propose_and_score(logits: torch.Tensor, kind: str, temperature: float = 0.0, generators=None,
+                      exclude: int | None = None, draw: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proposals [B, W] and their fp32 confidences [B, W] under the untempered distribution.
 
-    ``exclude`` (the mask id) is never proposed: committing MASK would leave the position undecided and a
-    step could make no progress. Confidences still use the untouched logits.
+    ``exclude`` (the mask id) is never proposed: committing MASK would leave the position undecided. Its logit
+    is set to -inf *in place* after the confidence's normaliser was taken, so confidences still count its
+    probability mass (as the references do) and no [B, W, V] copy is made. ``prob`` needs only
+    ``exp(z[x0] - logsumexp(z))``, not a full softmax.
 
-    Sampling uses the Gumbel-max trick in the safe form argmax(z - T·log(-log u)), equivalent to LLaDA's
-    exp(z) / (-log u)^T without its float64 overflow risk (the random stream differs from LLaDA's).
+    ``temperature`` > 0 samples with the Gumbel-max trick, argmax(z + T·g), in fp32; ``generators`` holds one
+    :class:`torch.Generator` per row, and a row draws noise only where ``draw[b]`` (it has candidates this
+    step), so its random stream advances exactly as it would if the row decoded alone.
     """
-    if temperature <= 0:
-        scores = logits
-    else:
-        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-        u = u.clamp_(min=torch.finfo(torch.float64).tiny)
-        scores = logits.double() - temperature * torch.log(-torch.log(u))
-    if exclude is None:
-        return scores.argmax(-1)
-    saved = scores[..., exclude].clone()
-    scores[..., exclude] = float("-inf")
-    best = scores.argmax(-1)
-    scores[..., exclude] = saved
-    return best
-
-
-def confidence(logits: torch.Tensor, x0: torch.Tensor, kind: str) -> torch.Tensor:
-    """fp32 confidence [B, W] of the proposals under the untempered distribution.
-
-    ``prob``: p(x0) (LLaDA / Fast-dLLM); ``margin``: p(top1) - p(top2); ``entropy``: sum p log p (negative
-    entropy, higher = surer; Dream's ``entropy`` ranking).
-    """
-    probs = logits.float().softmax(-1)
+    if kind not in CONFIDENCES:
+        raise ValueError(f"unknown confidence '{kind}'; use one of {', '.join(CONFIDENCES)}")
+    z = logits if logits.dtype == torch.float32 else logits.float()
     if kind == "prob":
-        return probs.gather(-1, x0[..., None]).squeeze(-1)
-    if kind == "margin":
-        top = probs.topk(2, dim=-1).values
-        return top[..., 0] - top[..., 1]
-    if kind == "entropy":
-        return (probs * torch.log(probs + 1e-10)).sum(-1)
-    raise ValueError(f"unknown confidence '{kind}'; use one of {', '.join(CONFIDENCES)}")
+        normaliser = torch.logsumexp(z, dim=-1)
+    else:
+        probs = z.softmax(-1)
+        if kind == "margin":
+            top = probs.topk(2, dim=-1).values
+            conf = top[..., 0] - top[..., 1]
+        else:
+            conf = (probs * torch.log(probs + 1e-10)).sum(-1)
+        del probs
+    if exclude is not None:
+        z[..., exclude] = float("-inf")
+    scores = z if temperature <= 0 else z + temperature * _gumbel(z, generators, draw)
+    x0 = scores.argmax(-1)
+    if kind == "prob":
+        conf = torch.exp(z.gather(-1, x0[..., None]).squeeze(-1) - normaliser)
+    return x0, conf
+
+
+def _gumbel(z: torch.Tensor, generators, draw) -> torch.Tensor:
+    noise = torch.zeros_like(z)
+    tiny = torch.finfo(torch.float32).tiny
+    for b, generator in enumerate(generators or ()):
+        if draw is not None and not draw[b]:
+            continue
+        u = torch.rand(z.shape[1:], generator=generator, device=z.device, dtype=torch.float32).clamp_(min=tiny)
+        noise[b] = -torch.log(-torch.log(u))
+    return noise
+
+
+def greedy(logits: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
+    """Argmax tokens (lowest id on ties), never ``exclude``; does not modify ``logits``."""
+    if exclude is None:
+        return logits.argmax(-1)
+    best = logits.argmax(-1)
+    if bool((best == exclude).any()):
+        masked = logits.clone()
+        masked[..., exclude] = float("-inf")
+        best = masked.argmax(-1)
+    return best
 
 
 def guided(logits: torch.Tensor, scale: float) -> torch.Tensor:

@@ -10,8 +10,10 @@ class Stats:
     """Speed statistics. NFE counts network calls (a batched call is one; cache refreshes count).
 
     ``tokens``: generated tokens before the first EOS (prompt, padding and EOS excluded), summed over rows.
-    ``tpf``: tokens per forward per sequence = sum(row tokens) / sum(row NFE) (equals tokens / NFE for one
-    prompt). ``tokens_per_second``: tokens / wall seconds.
+    ``row_nfe[r]``: the forwards in which row r had candidates — what the row would cost decoding alone
+    (a forward it only waited through in lockstep is not charged), so per-row NFE and TPF do not depend on
+    the batch. ``tpf``: tokens per forward per sequence = sum(row tokens) / sum(row NFE) (equals tokens / NFE
+    for one prompt). ``tokens_per_second``: tokens / wall seconds.
     """
 
     nfe: int = 0
@@ -21,15 +23,15 @@ class Stats:
     row_tokens: list[int] = field(default_factory=list)
     sampler: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    modifiers: list = field(default_factory=list)
+    counters: dict = field(default_factory=dict)  # method-specific per-event lists (e.g. accepted draft lengths)
+    status: list = field(default_factory=list)  # per row: "eos", "stop", "length" or "stuck"
+    reasons: dict = field(default_factory=dict)  # row -> one-line reason, for rows that did not finish normally
 
     @property
     def tpf(self) -> float:
         forwards = sum(self.row_nfe)
         return self.tokens / forwards if forwards else 0.0
-
-    @property
-    def row_tpf(self) -> list[float]:
-        return [t / n if n else 0.0 for t, n in zip(self.row_tokens, self.row_nfe)]
 
     @property
     def tokens_per_second(self) -> float:
@@ -42,7 +44,8 @@ class Stats:
     def as_dict(self) -> dict:
         return {"nfe": self.nfe, "tokens": self.tokens, "tpf": self.tpf, "seconds": self.seconds,
                 "tokens_per_second": self.tokens_per_second, "row_nfe": self.row_nfe, "row_tokens": self.row_tokens,
-                "sampler": self.sampler, "cache": self.cache}
+                "sampler": self.sampler, "cache": self.cache, "modifiers": self.modifiers,
+                "counters": self.counters, "status": self.status, "reasons": self.reasons}
 
 
 @dataclass
@@ -88,3 +91,9 @@ class Generation:
     prompt_lengths: list[int]
     stats: Stats
     trajectory: Trajectory | None = None
+
+    @property
+    def status(self) -> list[str]:
+        """Per row: ``"eos"``, ``"stop"`` (a stop string), ``"length"`` (canvas full) or ``"stuck"`` (a filter
+        left no allowed token; ``stats.reasons[row]`` says why)."""
+        return self.stats.status
