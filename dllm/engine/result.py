@@ -56,6 +56,10 @@ class TrajectoryStep:
     feed: tuple[int, int]
     span: tuple[int, int]
     commits: list[list[tuple[int, int]]]
+    #: per caller row (None when the row had retired): the model's raw confidence of its proposal at every span
+    #: column this step, before modifiers (learned filters train on these); decoded columns included
+    confidences: list[list[float] | None] | None = None
+    rows: list[int] | None = None  # caller rows active in this forward (the batch the network saw)
 
 
 @dataclass

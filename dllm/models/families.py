@@ -11,7 +11,7 @@ not load quietly and decode garbage.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .network import MoEConfig, NetworkConfig
@@ -34,7 +34,6 @@ class Family:
     # Token *strings* to look up in the tokenizer when neither config nor tokenizer roles give the id.
     mask_tokens: tuple[str, ...] = ()
     end_of_turn_tokens: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
 
 
 def _require(cfg: dict, key: str, allowed, default=None):
@@ -53,7 +52,8 @@ def _reject_true(cfg: dict, *keys: str) -> None:
 
 
 def _common_checks(cfg: dict) -> None:
-    """Switches no released dLLM uses and the network does not implement."""
+    """Switches no released dLLM uses and the network does not implement (every family's config reader calls
+    this; keys a format does not have, e.g. ``hidden_act`` in LLaDA's OLMo-style config, are skipped)."""
     if cfg.get("rope_scaling") is not None:
         raise UnsupportedConfigError(f"config.json key 'rope_scaling' = {cfg['rope_scaling']!r} is not supported (must be null)")
     if cfg.get("use_sliding_window"):
@@ -90,8 +90,7 @@ def _llada_config(cfg: dict) -> NetworkConfig:
     _require(cfg, "rope", (True,), True)
     _reject_true(cfg, "alibi", "attention_layer_norm", "include_bias", "input_emb_norm", "scale_logits",
                  "bias_for_layer_norm")
-    if cfg.get("rope_scaling") is not None:
-        raise UnsupportedConfigError(f"config.json key 'rope_scaling' = {cfg['rope_scaling']!r} is not supported (must be null)")
+    _common_checks(cfg)
     hidden, heads = cfg["d_model"], cfg["n_heads"]
     kv = cfg.get("n_kv_heads") or (1 if cfg.get("multi_query_attention") else heads)
     head_dim = hidden // heads

@@ -57,6 +57,11 @@ class KVCache:
         self._check(self.length, q_len)
         return KVWrite(self.length, self.length + q_len, self.length + commit)
 
+    def rewrite(self, q_len: int) -> KVWrite:
+        """Write slots [0, q) afresh and commit them (a refresh: nothing stored before is kept)."""
+        self._check(0, q_len)
+        return KVWrite(0, q_len, q_len)
+
     def read(self, q_len: int) -> KVWrite:
         self._check(self.length, q_len)
         return KVWrite(self.length, self.length + q_len, self.length)
@@ -79,8 +84,16 @@ class KVCache:
         return self.k[layer][:, :, : write.key_len], self.v[layer][:, :, : write.key_len]
 
     def commit(self, write: KVWrite) -> None:
-        self.filled = max(self.filled, write.key_len)
+        self.filled = write.key_len if write.start == 0 else max(self.filled, write.key_len)
         self.length = write.new_length
+
+    def expanded(self, repeat: int) -> "KVCache":
+        """A copy with every row repeated ``repeat`` times (read-only hypothesis forwards write into it)."""
+        copy = KVCache.__new__(KVCache)
+        copy.k = [t.repeat_interleave(repeat, 0) for t in self.k]
+        copy.v = [t.repeat_interleave(repeat, 0) for t in self.v]
+        copy.capacity, copy.length, copy.filled = self.capacity, self.length, self.filled
+        return copy
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def crop(self, length: int) -> None:

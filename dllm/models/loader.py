@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -144,8 +145,19 @@ def _parse_dtype(dtype, device: torch.device) -> torch.dtype:
     return names[dtype] or _parse_dtype(None, device)
 
 
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
+SINGLE_WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+SHARD_NAME = re.compile(r"model-(\d+)-of-(\d+)\.safetensors")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The checkpoint's weight files, by the Hugging Face naming convention and nothing else.
+
+    The shards listed in ``model.safetensors.index.json``; else ``model.safetensors``; else a complete set of
+    ``model-XXXXX-of-YYYYY.safetensors`` shards (an index lost in a copy). Other ``*.safetensors`` files in the
+    directory (adapters, test data, optimizer states) are not weights of this checkpoint and are never read.
+    """
+    index = directory / WEIGHTS_INDEX
     if index.exists():
         weight_map = _read_json(index).get("weight_map")
         if not weight_map:
@@ -155,16 +167,26 @@ def _weight_files(directory: Path) -> list[Path]:
         if missing:
             raise CheckpointError(f"shard {missing[0]} listed in {index.name} is missing from {directory}")
         return [directory / f for f in files]
-    single = directory / "model.safetensors"
+    single = directory / SINGLE_WEIGHTS
     if single.exists():
         return [single]
-    shards = sorted(directory.glob("*.safetensors"))
-    shards = [s for s in shards if s.name != "goldens.safetensors"]
+    shards = {p.name: SHARD_NAME.fullmatch(p.name) for p in directory.glob("model-*-of-*.safetensors")}
+    shards = {name: match for name, match in shards.items() if match}
     if shards:
-        return shards
+        totals = {int(m.group(2)) for m in shards.values()}
+        numbers = {int(m.group(1)) for m in shards.values()}
+        total = max(totals)
+        absent = [i for i in range(1, total + 1) if i not in numbers]
+        if len(totals) > 1 or absent:
+            raise CheckpointError(f"{directory} has an incomplete set of weight shards (no {WEIGHTS_INDEX}; "
+                                  f"found {', '.join(sorted(shards))}): re-download the checkpoint")
+        return sorted(directory / name for name in shards)
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
         raise CheckpointError(f"{directory} holds only pickle weights (.bin/.pt): convert them to safetensors first")
-    raise CheckpointError(f"{directory} has no *.safetensors weights")
+    others = sorted(p.name for p in directory.glob("*.safetensors"))
+    found = f" (found {', '.join(others)}, which are not named as checkpoint weights)" if others else ""
+    raise CheckpointError(f"{directory} has no {SINGLE_WEIGHTS}, {WEIGHTS_INDEX} or model-XXXXX-of-YYYYY.safetensors "
+                          f"shards{found}")
 
 
 def _read_weights(directory: Path, family: Family, network: Network, dtype, device) -> dict[str, torch.Tensor]:
@@ -177,7 +199,7 @@ def _read_weights(directory: Path, family: Family, network: Network, dtype, devi
     state: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[int, torch.Tensor]] = {}
     unknown: list[str] = []
-    for file in _weight_files(directory):
+    for file in weight_files(directory):
         try:
             handle = safe_open(str(file), framework="pt", device="cpu")
         except (SafetensorError, OSError) as exc:
@@ -303,5 +325,5 @@ def special_token_ids(family: Family, config: dict, generation_config: dict, tok
     bos_id = config.get("bos_token_id")
     if bos_id is None:
         bos_id = getattr(tokenizer, "bos_token_id", None)
-    return {"mask_id": int(mask_id), "eos_ids": tuple(eos), "eot_id": eot_id, "pad_id": int(pad_id),
+    return {"mask_id": int(mask_id), "eos_ids": tuple(eos), "pad_id": int(pad_id),
             "bos_id": None if bos_id is None else int(bos_id)}

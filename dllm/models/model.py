@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,9 @@ class Model:
     eos_ids: tuple[int, ...]
     pad_id: int
     bos_id: int | None = None
-    eot_id: int | None = None
     logit_shift: bool = False
     attention: str = "full"
     block_size: int | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -83,6 +81,16 @@ class Model:
         additive float). Block-causal families add their block mask on ``position_ids`` unless a 3D/4D mask
         is passed, which is then used as it is.
         """
+        return self.network(*self._forward_inputs(input_ids, attention_mask, position_ids))
+
+    @torch.inference_mode()
+    def router(self, input_ids, layer: int, attention_mask=None, position_ids=None):
+        """MoE routing (router logits, expert indices, expert weights) of ``layer`` for every token; the inputs
+        are read as by :meth:`logits`."""
+        return self.network.route(*self._forward_inputs(input_ids, attention_mask, position_ids), layer)
+
+    def _forward_inputs(self, input_ids, attention_mask, position_ids):
+        """(ids [B, L], positions [B, L], boolean attention mask or None) on the model's device."""
         ids = torch.as_tensor(input_ids, device=self.device)
         if ids.dim() == 1:
             ids = ids[None]
@@ -91,29 +99,12 @@ class Model:
             positions = torch.arange(length, device=self.device).expand(b, length)
         else:
             positions = torch.as_tensor(position_ids, device=self.device).expand(b, length)
-        mask = None
         if attention_mask is not None:
             attention_mask = torch.as_tensor(attention_mask, device=self.device)
         if attention_mask is not None and attention_mask.dim() >= 3:
-            mask = normalise_user_mask(attention_mask)
-        else:
-            keep = None if attention_mask is None else attention_mask.expand(b, length).bool()
-            mask = attention_mask_for(self, positions, positions, keep)
-        return self.network(ids, positions, mask)
-
-    @torch.inference_mode()
-    def router(self, input_ids, layer: int, attention_mask=None, position_ids=None):
-        """MoE routing (router logits, expert indices, expert weights) of ``layer`` for every token."""
-        ids = torch.as_tensor(input_ids, device=self.device)
-        b, length = ids.shape
-        positions = (torch.arange(length, device=self.device).expand(b, length) if position_ids is None
-                     else torch.as_tensor(position_ids, device=self.device).expand(b, length))
-        if attention_mask is not None and torch.as_tensor(attention_mask).dim() >= 3:
-            mask = normalise_user_mask(torch.as_tensor(attention_mask, device=self.device))
-        else:
-            keep = None if attention_mask is None else torch.as_tensor(attention_mask, device=self.device).bool()
-            mask = attention_mask_for(self, positions, positions, keep)
-        return self.network.route(ids, positions, mask, layer)
+            return ids, positions, normalise_user_mask(attention_mask)
+        keep = None if attention_mask is None else attention_mask.expand(b, length).bool()
+        return ids, positions, attention_mask_for(self, positions, positions, keep)
 
     # ------------------------------------------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:

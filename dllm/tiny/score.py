@@ -1,9 +1,11 @@
-"""Score a checkpoint on the tiny task suite with ``dllm.generate``: ``python -m dllm.tiny.score``.
+"""Score an embedded model on its task suite with ``dllm.generate``: ``python -m dllm.tiny.score [--model tiny-cot]``.
 
-Decodes every held-out problem of ``data/<task>_test.jsonl`` under several samplers and prints one table:
-the reference row is static one-token-per-step decoding (``steps = gen_length``); the other rows show
-what parallel decoding (confidence thresholds, fixed k tokens per step) costs on each task. TPF is
-generated tokens per forward pass, the speed side of the trade-off.
+Decodes every held-out problem of ``data/<task>_test.jsonl`` under several samplers and prints, per task and
+sampler: accuracy (and the change against one token per step), NFE per sample, TPF, mean answer length and
+the EOS tail share of the canvas. The reference row is static one-token-per-step decoding; the ``oracle``
+row is the EGP oracle reaching that static output in the fewest forwards any rule could (the headroom a
+smarter parallel sampler can hope for). ``--table eoser`` compares the ascending step-size schedule on one
+full-canvas block with and without EOS early rejection.
 """
 
 from __future__ import annotations
@@ -14,71 +16,105 @@ import time
 
 from . import tasks
 
-GEN_LENGTH, BLOCK_LENGTH = 32, 16  # the canvas the model was trained for (see train.Recipe)
-
-# (row label, dllm.generate keyword arguments); steps are per whole canvas
-SAMPLERS = (
-    ("static, 1 token/step", {"sampler": "static", "steps": GEN_LENGTH}),
-    ("static, 2 tokens/step", {"sampler": "static", "steps": GEN_LENGTH // 2}),
-    ("static, 4 tokens/step", {"sampler": "static", "steps": GEN_LENGTH // 4}),
-    ("threshold 0.9", {"sampler": "threshold", "threshold": 0.9}),
-    ("threshold 0.7", {"sampler": "threshold", "threshold": 0.7}),
-    ("threshold 0.5", {"sampler": "threshold", "threshold": 0.5}),
-)
-COLUMNS = (("arith", "exact"), ("json", "parseable"), ("json", "exact"), ("sort", "exact"))
+GEN_LENGTH, BLOCK_LENGTH = 32, 16  # the canvas ``tiny`` was trained for (see train.Recipe)
 
 
-def score_task(model, task: str, limit: int | None = None, batch_size: int = 100, **generate_options) -> dict:
-    """Mean metrics of ``task`` (fractions in [0, 1]) plus ``tpf`` and ``seconds`` under one sampler."""
+def canvas_of(model) -> tuple[int, int]:
+    """(gen_length, block_length) from the checkpoint's generation_config.json."""
+    defaults = model.canvas_defaults
+    return defaults.get("gen_length", GEN_LENGTH), defaults.get("block_length", BLOCK_LENGTH)
+
+
+def samplers_for(table: str, gen_length: int) -> list[tuple[str, dict]]:
+    """(row label, dllm.generate options) of a table; steps are per whole canvas."""
+    if table == "default":
+        return [("static, 1 token/step", {"sampler": "static", "steps": gen_length}),
+                ("static, 2 tokens/step", {"sampler": "static", "steps": gen_length // 2}),
+                ("static, 4 tokens/step", {"sampler": "static", "steps": gen_length // 4}),
+                ("threshold 0.9", {"sampler": "threshold", "threshold": 0.9}),
+                ("threshold 0.7", {"sampler": "threshold", "threshold": 0.7}),
+                ("threshold 0.5", {"sampler": "threshold", "threshold": 0.5}),
+                ("EGP oracle", {"sampler": "oracle"})]
+    if table == "eoser":
+        one_block = {"sampler": "static", "schedule": "ascending", "block_length": gen_length}
+        return [("static, 1 token/step", {"sampler": "static", "steps": gen_length}),
+                ("ASS, one block", one_block),
+                ("ASS + EOSER gamma_min 0.4", {**one_block, "modifiers": ["eoser"], "gamma_min": 0.4}),
+                ("ASS + EOSER gamma_min 0.01", {**one_block, "modifiers": ["eoser"], "gamma_min": 0.01})]
+    raise ValueError(f"unknown table {table!r}: use 'default' or 'eoser'")
+
+
+def task_names(model) -> tuple[str, ...]:
+    """The suite a model was trained on: ``tiny``'s three tasks, or ``tiny-cot``'s four."""
+    from .cot_tasks import COT_TASKS
+
+    return COT_TASKS if canvas_of(model)[0] > GEN_LENGTH else tasks.TASKS
+
+
+def score_task(model, task: str, limit: int | None = None, batch_size: int = 100, references=None,
+               **generate_options) -> dict:
+    """Mean metrics of ``task`` (fractions in [0, 1]) plus speed and length statistics under one sampler.
+
+    ``references``: per-problem generated token ids (the static decode) for the ``oracle`` sampler.
+    Returns the metrics, ``tpf``, ``nfe`` (per sample), ``length`` (mean answer tokens), ``tail`` (EOS tail share
+    of the canvas), ``seconds``, ``n`` and ``outputs`` (generated ids per problem, for the oracle).
+    """
     import dllm
 
     examples = tasks.load_test_set(task)[:limit]
+    gen_length, block_length = canvas_of(model)
+    options = {"gen_length": gen_length, "block_length": block_length, **generate_options}
     totals: dict[str, float] = {}
     tokens = forwards = 0
+    outputs = []
     began = time.time()
-    options = {"gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, **generate_options}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        out = dllm.generate(model, [e.prompt for e in chunk], **options)
+        extra = {"targets": references[start:start + len(chunk)]} if options.get("sampler") == "oracle" else {}
+        out = dllm.generate(model, [e.prompt for e in chunk], **options, **extra)
         for example, text in zip(chunk, out.texts):
             for key, value in tasks.score(task, example.target, text).items():
                 totals[key] = totals.get(key, 0.0) + value
         tokens += out.stats.tokens
         forwards += sum(out.stats.row_nfe)
-    result = {key: value / len(examples) for key, value in totals.items()}
-    result.update(tpf=tokens / forwards if forwards else 0.0, seconds=time.time() - began, n=len(examples))
+        outputs.extend(c[len(c) - gen_length:] for c in out.canvases)
+    n = len(examples)
+    result = {key: value / n for key, value in totals.items()}
+    result.update(tpf=tokens / forwards if forwards else 0.0, nfe=forwards / n, length=tokens / n,
+                  tail=1 - tokens / (n * gen_length), seconds=time.time() - began, n=n, outputs=outputs)
     return result
 
 
-def sampler_table(model, limit: int | None = None, batch_size: int = 100, samplers=SAMPLERS, log=print) -> list[dict]:
-    """One row per sampler: every task's metrics and the mean TPF."""
-    rows = []
-    for label, options in samplers:
-        row = {"sampler": label, "options": options}
-        tpfs = []
-        for task in tasks.TASKS:
-            result = score_task(model, task, limit, batch_size, **options)
-            row[task] = result
-            tpfs.append(result["tpf"])
-        row["tpf"] = sum(tpfs) / len(tpfs)
-        rows.append(row)
-        log(format_row(row, rows[0]))
-    return rows
+def sampler_table(model, limit: int | None = None, batch_size: int = 100, table: str = "default",
+                  log=print) -> dict[str, list[dict]]:
+    """Per task, one row per sampler of ``table``."""
+    gen_length, _ = canvas_of(model)
+    result = {}
+    for task in task_names(model):
+        rows, references = [], None
+        for label, options in samplers_for(table, gen_length):
+            scored = score_task(model, task, limit, batch_size, references=references, **options)
+            if references is None:
+                references = scored["outputs"]  # the first row is static one token per step
+            rows.append({"task": task, "sampler": label, **{k: v for k, v in scored.items() if k != "outputs"}})
+            log(format_row(rows[-1], rows[0]))
+        result[task] = rows
+    return result
 
 
 def format_row(row: dict, reference: dict) -> str:
+    metrics = [k for k in ("exact", "parseable", "fields") if k in row]
     cells = []
-    for task, metric in COLUMNS:
-        value, base = 100 * row[task][metric], 100 * reference[task][metric]
+    for key in metrics:
+        value, base = 100 * row[key], 100 * reference[key]
         delta = "" if row is reference else f" ({value - base:+.1f})"
-        cells.append(f"{value:.1f}{delta}")
-    return f"| {row['sampler']} | " + " | ".join(cells) + f" | {row['tpf']:.2f} |"
+        cells.append(f"{key} {value:.1f}{delta}")
+    return (f"| {row['task']} | {row['sampler']} | {', '.join(cells)} | {row['nfe']:.1f} | {row['tpf']:.2f} | "
+            f"{row['length']:.1f} | {100 * row['tail']:.0f} % |")
 
 
-def markdown(rows: list[dict]) -> str:
-    header = "| sampler | " + " | ".join(f"{t} {m}" for t, m in COLUMNS) + " | TPF |"
-    rule = "|" + "---|" * (len(COLUMNS) + 2)
-    return "\n".join([header, rule] + [format_row(r, rows[0]) for r in rows])
+HEADER = ("| task | sampler | accuracy (%, change vs 1 token/step) | NFE / sample | TPF | answer tokens | EOS tail |\n"
+          "|---|---|---|---:|---:|---:|---:|")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,19 +123,20 @@ def main(argv: list[str] | None = None) -> None:
     import dllm
 
     parser = argparse.ArgumentParser(prog="python -m dllm.tiny.score", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="checkpoint directory or 'tiny' (default)")
+    parser.add_argument("--model", default="tiny", help="checkpoint directory, 'tiny' (default) or 'tiny-cot'")
     parser.add_argument("--limit", type=int, default=None, help="first N problems of each test set")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", default="default", choices=("default", "eoser"))
     parser.add_argument("--json", default=None, help="also write the table as JSON to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = dllm.load(args.model, device="cpu")
-    print(f"{model}\n")
-    print("| sampler | " + " | ".join(f"{t} {m}" for t, m in COLUMNS) + " | TPF |")
-    print("|" + "---|" * (len(COLUMNS) + 2))
-    rows = sampler_table(model, args.limit, args.batch_size)
-    print("\n" + markdown(rows))
+    print(f"{model}\n\n{HEADER}")
+    began = time.time()
+    rows = sampler_table(model, args.limit, args.batch_size, args.table)
+    print(f"\n{HEADER}\n" + "\n".join(format_row(r, task_rows[0]) for task_rows in rows.values() for r in task_rows))
+    print(f"\n({time.time() - began:.0f} s)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

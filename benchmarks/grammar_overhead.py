@@ -1,0 +1,100 @@
+"""Grammar-oracle overhead: time per feasibility check on JSON canvases.
+
+For canvas lengths 64 / 256 / 512 tokens (tokenizer of the embedded ``tiny`` model, byte-level BPE) and
+fill rates 30 / 60 / 90 %, a random JSON document of about the canvas length is tokenized, a random
+fraction of its cells is committed (the rest masked, EOS after the document), and ``state.allows`` is timed
+for random masked positions — half with the document's own token (an accepted check, early exit), half
+with a random vocabulary token (usually a rejection, the expensive exhaustive case). Median and worst
+per check, for the numba kernels and the pure-Python fallback (fewer checks: it is slow).
+
+    python benchmarks/grammar_overhead.py [--checks 40] [--py-checks 6] [--lengths 64 256 512]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from dllm.grammars import Oracle
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "dllm" / "tiny" / "checkpoint" / "tokenizer.json"
+WORDS = ["box", "chair", "red", "Austin", "wool", "Lumen", "copper", "name", "price", "city", "size", "stock"]
+
+
+def random_value(rng: random.Random, depth: int):
+    r = rng.random()
+    if depth > 2 or r < 0.35:
+        return rng.choice([rng.randint(0, 999), rng.choice(WORDS), rng.choice([True, False, None]), round(rng.random() * 100, 2)])
+    if r < 0.7:
+        return {rng.choice(WORDS) + str(i): random_value(rng, depth + 1) for i in range(rng.randint(1, 4))}
+    return [random_value(rng, depth + 1) for _ in range(rng.randint(1, 4))]
+
+
+def document(rng: random.Random, tok, n_tokens: int) -> list[int]:
+    """Token ids of a JSON object whose length is at most ``n_tokens`` and close to it."""
+    obj: dict = {}
+    best: list[int] = tok.encode("{}").ids
+    i = 0
+    while True:
+        obj[f"{rng.choice(WORDS)}{i}"] = random_value(rng, 0)
+        ids = tok.encode(json.dumps(obj)).ids
+        if len(ids) > n_tokens:
+            return best
+        best = ids
+        i += 1
+
+
+def bench(oracle: Oracle, tok, length: int, fill: float, checks: int, seed: int):
+    rng = random.Random(seed)
+    mask, eos = oracle.mask_id, sorted(oracle.eos_ids)[0]
+    vocab = [i for i in range(len(oracle.tokens)) if not oracle.excluded[i]]
+    times, nodes = [], []
+    while len(times) < checks:
+        doc = document(rng, tok, length - 1)
+        target = doc + [eos] * (length - len(doc))
+        cells = [t if rng.random() < fill else mask for t in target]
+        masked = [i for i, t in enumerate(cells) if t == mask]
+        if not masked:
+            continue
+        state = oracle.start(cells)
+        for _ in range(4):
+            pos = rng.choice(masked)
+            token = target[pos] if len(times) % 2 == 0 else rng.choice(vocab)
+            t0 = time.perf_counter()
+            state.allows(pos, token)
+            times.append(time.perf_counter() - t0)
+            state._memo.clear()
+            state.rejected.discard((pos, token))
+        nodes.append(oracle.nfa_size(cells))
+    return statistics.median(times) * 1e3, max(times) * 1e3, statistics.median(nodes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checks", type=int, default=40)
+    ap.add_argument("--py-checks", type=int, default=8)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 512])
+    ap.add_argument("--fills", type=float, nargs="+", default=[0.3, 0.6, 0.9])
+    ap.add_argument("--backends", nargs="+", default=["numba", "python"])
+    args = ap.parse_args()
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(TOKENIZER))
+    mask, eos = tok.token_to_id("<|mdm_mask|>"), tok.token_to_id("<|endoftext|>")
+    print(f"{'backend':8} {'tokens':>6} {'fill':>5} {'nodes':>6} {'median ms':>10} {'worst ms':>9}")
+    for backend in args.backends:
+        oracle = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend)
+        warm = oracle.start(length=8)
+        warm.allows(0, tok.token_to_id("{"))  # numba: load / compile outside the timings
+        n = args.checks if backend == "numba" else args.py_checks
+        for length in args.lengths:
+            for fill in args.fills:
+                med, worst, nodes = bench(oracle, tok, length, fill, n, seed=length * 100 + int(fill * 100))
+                print(f"{backend:8} {length:6d} {fill:5.0%} {nodes:6.0f} {med:10.2f} {worst:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Grammar constraints for masked diffusion decoding: a feasibility oracle over canvases.
+
+A diffusion canvas is a row of cells, each masked, a committed token or EOS, filled in *any order*.
+Committing a token is sound iff the canvas stays **completable**: some filling of the masked cells gives an
+output in the grammar's language. This package answers that question exactly (up to gap lengths, see
+below) for context-free grammars, following Mündler et al. (arXiv 2508.10111) and
+``shared/specs/cfg_constrained.md``: the known text + unbounded masked gaps form a regular language over
+the grammar's terminals, and a bottom-up CFG ∩ regular emptiness search with early exit decides it.
+It is independent of the decoding engine; the engine plugs it in as a filter.
+
+API for the engine
+------------------
+::
+
+    from dllm.grammars import Oracle
+    oracle = Oracle(grammar="json", tokenizer=model.tokenizer,           # or "path.lark", lark text,
+                    mask_id=model.mask_id, eos_ids=model.eos_ids)         #    a JSON Schema dict
+    state = oracle.start(row_tokens)      # the row's output region: token ids, mask_id where masked
+    state.feasible()                      # False -> the template/canvas can never be completed (fail early)
+    # each step, for the tokens the sampler wants to commit in this row, in confidence order:
+    if state.allows(pos, tok):            # checks the canvas *with every earlier commit*
+        state.commit(pos, tok)
+    else:                                 # (pos, tok) is now on the persistent rejection list
+        ...                               # ban it (-inf) and re-select
+    accepted = state.filter([(pos, tok), ...])   # the same loop: check + commit one at a time
+    state.banned(pos)                     # token ids rejected at pos (apply as -inf before selecting)
+    state.rejections, state.checks, state.cap_hits   # counters (max_rejections policy is the engine's)
+    state.complete                        # no mask before the end of output and the text parses
+    state.witness() -> bytes | None       # one completion of the current canvas (fallback output)
+    oracle.feasible(tokens) / oracle.witness(tokens)   # stateless versions
+    Grammar = dllm.grammars.load_grammar(spec); Grammar.parses(text)  # final validation with lark
+
+``allows`` is a pure query (the canvas changes only in ``commit``), so several tokens proposed in one
+parallel step are checked one at a time, each against the canvas including the earlier accepted ones —
+two tokens can be fine alone and impossible together. The kernels release the GIL (numba ``nogil``), so
+rows can be checked from a thread pool. One state per row; states are independent.
+
+Semantics and choices
+---------------------
+* Cells: the mask id = masked; an id in ``eos_ids`` = end of output; special tokens (BOS, pad, role markers,
+  the mask id itself) are never allowed; everything else contributes its exact bytes (``tokens.py``).
+* End of output: the first EOS. Every cell after it must be EOS or masked (committing text after an EOS,
+  or an EOS before committed text, is rejected: nothing is ever overwritten, so a rejection stays valid for
+  the whole generation). ``open_end=False`` (default): the region end is also an end of output, so a
+  canvas whose masks are all filled is a complete output; ``open_end=True`` gives the reference's
+  behaviour (no EOS = the output may continue beyond the region).
+* Gaps (maximal runs of masks) stand for any byte string, possibly empty: the oracle is **not
+  length-aware** (a canvas needing more text than its masks can hold is still "feasible"); an engine
+  that runs out of masks uses ``witness()`` and flags the row.
+* Lexing is nondeterministic (every split of the text into terminals is considered), i.e. lark's
+  ``lexer='dynamic_complete'``; for JSON, whose values are always separated by punctuation, this is the
+  same as ordinary JSON. Validate final outputs with ``Grammar.parses`` (that lexer) or ``json.loads``.
+* Hot loop in numba where it imports, else an exact pure-Python mirror (``backend=`` argument or
+  ``DLLM_GRAMMAR_BACKEND=numba|python|auto``); both return identical answers and witnesses.
+
+Modules: ``grammar.py`` (Lark front end, terminal byte DFAs via interegular, normal form), ``tokens.py``
+(token id -> bytes), ``kernels.py`` (canvas -> terminal NFA, emptiness search), ``oracle.py`` (Oracle,
+OracleState, witness), ``schema.py`` (JSON Schema -> Lark), ``json.lark`` (the default grammar).
+"""
+from .grammar import Grammar, TerminalDFA, load_grammar
+from .kernels import numba_available
+from .oracle import Oracle, OracleState
+from .schema import schema_to_lark
+from .tokens import TokenTable, token_bytes
+
+__all__ = ["Grammar", "TerminalDFA", "load_grammar", "Oracle", "OracleState", "schema_to_lark",
+           "TokenTable", "token_bytes", "numba_available"]

@@ -1,0 +1,526 @@
+"""The hot loop: canvas -> terminal NFA (``build_nfa``) and CFG ∩ NFA emptiness (``search``).
+
+Both functions are written once, in the subset of Python that numba compiles, and run either compiled
+(``@njit(cache=True, nogil=True)``) or interpreted. The pure-Python path is *the same source*, so the two
+give identical answers by construction (tests still compare them); it is slow (numpy scalar indexing)
+and meant for tests, tiny canvases and machines without numba. Backend choice: the ``backend=`` argument
+of the oracle, else the ``DLLM_GRAMMAR_BACKEND`` environment variable (``numba`` | ``python`` | ``auto``,
+default ``auto`` = numba when it imports). ``nogil=True`` lets an engine check different batch rows from a
+thread pool.
+
+Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = -1`` is a masked cell,
+``EOS = -2`` is an end-of-output cell. Semantics (spec §2.2, with this toolkit's choices):
+
+* the output ends at the first EOS; a committed non-EOS token after it makes the canvas infeasible
+  (choice: ``eos_overwrites_tail=False`` — nothing is ever overwritten, so infeasibility is monotone and
+  the ban list stays valid for the whole generation; masks after the first EOS are fine, they will be EOS);
+* a maximal run of masks is one gap = any byte string, possibly empty (not length-aware, like the
+  reference);
+* the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
+  cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
+  cell; with ``open_end=True`` (the reference's behaviour) a canvas without EOS has an open trailing gap.
+
+NFA: nodes are byte boundaries 0..B of the known text (gap contents take no node; a gap marks its
+boundary as a *gap node* with an implicit self-loop on every terminal). A left-to-right sweep keeps every
+lexeme in progress as (origin boundary, global DFA state); at a gap each one is widened to its closure
+R_T, and lexemes may start inside a gap (closure of the start state). A lexeme reaching an accepting state
+at boundary w emits the edge (origin, T, w). Edges therefore always go forward (I1) and gap nodes carry no
+explicit self-loop (I2). Only boundaries reachable from 0 start lexemes; a backward pass keeps the nodes
+that reach the end boundary B; nodes are renumbered in canvas order. If node 0 cannot reach B the canvas
+is infeasible without touching the grammar (a pure lexing failure, the cheapest rejection).
+
+Search: bottom-up Bar-Hillel worklist over triples (p, A, q) ("A derives a terminal string leading NFA
+node p to q") on a dense chart, seeded by edges (A -> t), gap self-loops ((g, A, g) for every productive
+A: the loop derives any terminal string) and epsilon rules ((p, A, p)); binary rules scan only one side
+thanks to (I1). Early exit as soon as (0, S, n-1) appears. A work cap (pops) returns status 2, which the
+oracle treats as a rejection and counts. With ``want_bp`` the first derivation of every triple is kept
+(rule id + split node or edge index) for witness reconstruction; derivations only point to earlier
+triples, so following them always terminates.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # the LLVM cttz intrinsic, used by the numba search kernel only
+    from numba.cpython.unsafe.numbers import trailing_zeros
+except Exception:  # pragma: no cover - numba missing: the pure-Python mirror is used instead
+    def trailing_zeros(x):
+        return (int(x) & -int(x)).bit_length() - 1
+
+MASK = -1
+EOS = -2
+
+
+def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx):
+    n_terms = g_start.shape[0]
+    n_gs = g_acc.shape[0]
+    L = cells.shape[0]
+    e = L
+    for j in range(L):
+        if cells[j] == -2:
+            e = j
+            break
+    empty_i = np.zeros(0, dtype=np.int32)
+    empty_b = np.zeros(0, dtype=np.uint8)
+    for j in range(e + 1, L):
+        if cells[j] >= 0:
+            return 0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_i, empty_i, empty_b, empty_b
+    B = 0
+    for j in range(e):
+        c = cells[j]
+        if c >= 0:
+            B += tok_off[c + 1] - tok_off[c]
+    buf = np.zeros(B, dtype=np.uint8)
+    gap = np.zeros(B + 1, dtype=np.uint8)
+    cur = 0
+    for j in range(e):
+        c = cells[j]
+        if c == -1:
+            gap[cur] = 1
+        else:
+            for k in range(tok_off[c], tok_off[c + 1]):
+                buf[cur] = tok_data[k]
+                cur += 1
+    if e == L and open_end:
+        gap[B] = 1
+    B1 = B + 1
+    stamp = np.zeros(n_gs * B1, dtype=np.int32)
+    estamp = np.zeros(n_terms * B1, dtype=np.int32)
+    reach = np.zeros(B1, dtype=np.uint8)
+    reach[0] = 1
+    cap = 64
+    act_o = np.empty(cap, dtype=np.int32)
+    act_s = np.empty(cap, dtype=np.int32)
+    nxt_o = np.empty(cap, dtype=np.int32)
+    nxt_s = np.empty(cap, dtype=np.int32)
+    na = 0
+    ecap = 256
+    es = np.empty(ecap, dtype=np.int32)
+    et = np.empty(ecap, dtype=np.int32)
+    ed = np.empty(ecap, dtype=np.int32)
+    ne = 0
+    tick = 0
+    for i in range(B1):
+        if gap[i]:
+            tick += 1
+            nb = 0
+            for k in range(na):
+                o = act_o[k]
+                s = act_s[k]
+                for ci in range(clo_ptr[s], clo_ptr[s + 1]):
+                    s2 = clo_idx[ci]
+                    key = s2 * B1 + o
+                    if stamp[key] != tick:
+                        stamp[key] = tick
+                        if nb == nxt_o.shape[0]:
+                            t1 = np.empty(2 * nb, dtype=np.int32)
+                            t1[:nb] = nxt_o[:nb]
+                            nxt_o = t1
+                            t2 = np.empty(2 * nb, dtype=np.int32)
+                            t2[:nb] = nxt_s[:nb]
+                            nxt_s = t2
+                        nxt_o[nb] = o
+                        nxt_s[nb] = s2
+                        nb += 1
+            act_o, nxt_o = nxt_o, act_o
+            act_s, nxt_s = nxt_s, act_s
+            na = nb
+        # lexemes completing at boundary i
+        for k in range(na):
+            s = act_s[k]
+            o = act_o[k]
+            if g_acc[s] and o != i:
+                t = g_term[s]
+                key = t * B1 + o
+                if estamp[key] != i + 1:
+                    estamp[key] = i + 1
+                    if ne == ecap:
+                        ecap *= 2
+                        t1 = np.empty(ecap, dtype=np.int32)
+                        t1[:ne] = es[:ne]
+                        es = t1
+                        t2 = np.empty(ecap, dtype=np.int32)
+                        t2[:ne] = et[:ne]
+                        et = t2
+                        t3 = np.empty(ecap, dtype=np.int32)
+                        t3[:ne] = ed[:ne]
+                        ed = t3
+                    es[ne] = o
+                    et[ne] = t
+                    ed[ne] = i
+                    ne += 1
+                    reach[i] = 1
+        # lexemes starting at boundary i (inside the gap when i is a gap node)
+        if reach[i]:
+            for t in range(n_terms):
+                s0 = g_start[t]
+                lo = clo_ptr[s0] if gap[i] else 0
+                hi = clo_ptr[s0 + 1] if gap[i] else 1
+                for ci in range(lo, hi):
+                    s2 = clo_idx[ci] if gap[i] else s0
+                    if na == act_o.shape[0]:
+                        t1 = np.empty(2 * na, dtype=np.int32)
+                        t1[:na] = act_o[:na]
+                        act_o = t1
+                        t2 = np.empty(2 * na, dtype=np.int32)
+                        t2[:na] = act_s[:na]
+                        act_s = t2
+                    act_o[na] = i
+                    act_s[na] = s2
+                    na += 1
+        if i == B:
+            break
+        b = buf[i]
+        tick += 1
+        nb = 0
+        if nxt_o.shape[0] < na:
+            nxt_o = np.empty(act_o.shape[0], dtype=np.int32)
+            nxt_s = np.empty(act_o.shape[0], dtype=np.int32)
+        for k in range(na):
+            s2 = g_step[act_s[k] * 256 + b]
+            if s2 >= 0:
+                o = act_o[k]
+                key = s2 * B1 + o
+                if stamp[key] != tick:
+                    stamp[key] = tick
+                    nxt_o[nb] = o
+                    nxt_s[nb] = s2
+                    nb += 1
+        act_o, nxt_o = nxt_o, act_o
+        act_s, nxt_s = nxt_s, act_s
+        na = nb
+    if not reach[B]:
+        return 0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_i, empty_i, buf, gap
+    co = np.zeros(B1, dtype=np.uint8)
+    co[B] = 1
+    for k in range(ne - 1, -1, -1):
+        if co[ed[k]]:
+            co[es[k]] = 1
+    if not co[0]:
+        return 0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_i, empty_i, buf, gap
+    newid = np.full(B1, -1, dtype=np.int32)
+    n = 0
+    for v in range(B1):
+        if co[v] and reach[v]:
+            newid[v] = n
+            n += 1
+    node_pos = np.empty(n, dtype=np.int32)
+    node_gap = np.empty(n, dtype=np.uint8)
+    for v in range(B1):
+        if newid[v] >= 0:
+            node_pos[newid[v]] = v
+            node_gap[newid[v]] = gap[v]
+    m = 0
+    for k in range(ne):
+        if co[ed[k]]:
+            m += 1
+    ks = np.empty(m, dtype=np.int32)
+    kt = np.empty(m, dtype=np.int32)
+    kd = np.empty(m, dtype=np.int32)
+    j = 0
+    for k in range(ne):
+        if co[ed[k]]:
+            ks[j] = newid[es[k]]
+            kt[j] = et[k]
+            kd[j] = newid[ed[k]]
+            j += 1
+    return 1, n, node_pos, node_gap, ks, kt, kd, empty_i, empty_i, buf, gap
+
+
+def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
+           l_ptr, l_c, l_a, l_rule, r_ptr, r_c, r_a, r_rule, eps_a, eps_rule, want_bp, max_pops):
+    """Numba kernel. Chart = two bitset views of the same triples: ``right[(A*n + p)*W + w]`` holds the
+    right ends q of (p, A, q), ``left[(A*n + q)*W + w]`` the left ends p; a binary-rule scan is then a
+    word-wise ``partner & ~already`` over set bits only. :func:`py_search` mirrors it step for step."""
+    W = (n + 63) >> 6
+    nn = n * n
+    goal = start_nt * nn + (n - 1)  # (0, S, n-1)
+    right = np.zeros(n_nt * n * W, dtype=np.int64)
+    left = np.zeros(n_nt * n * W, dtype=np.int64)
+    size_bp = n_nt * nn if want_bp else 1
+    bp_rule = np.full(size_bp, -1, dtype=np.int32)
+    bp_aux = np.full(size_bp, -1, dtype=np.int32)
+    cap = 1024
+    stack = np.empty(cap, dtype=np.int64)
+    sp = 0
+    one = np.int64(1)
+    n_seed = e_src.shape[0] + n + eps_a.shape[0] * n
+    # seeds: edges (A -> t), gap self-loops (every A at a gap node), epsilon rules
+    for k in range(n_seed):
+        if k < e_src.shape[0]:
+            t = e_term[k]
+            jlo = t_ptr[t]
+            jhi = t_ptr[t + 1]
+        elif k < e_src.shape[0] + n:
+            g = k - e_src.shape[0]
+            jlo = 0
+            jhi = n_nt if node_gap[g] else 0
+        else:
+            jlo = 0
+            jhi = 1
+        for j in range(jlo, jhi):
+            if k < e_src.shape[0]:
+                a = t_a[j]
+                p = e_src[k]
+                q = e_dst[k]
+                rule = t_rule[j]
+                aux = k
+            elif k < e_src.shape[0] + n:
+                a = j
+                p = k - e_src.shape[0]
+                q = p
+                rule = -2
+                aux = -1
+            else:
+                kk = k - e_src.shape[0] - n
+                a = eps_a[kk // n]
+                p = kk % n
+                q = p
+                rule = eps_rule[kk // n]
+                aux = -1
+            wi = (a * n + p) * W + (q >> 6)
+            bit = one << (q & 63)
+            if (right[wi] & bit) == 0:
+                right[wi] |= bit
+                left[(a * n + q) * W + (p >> 6)] |= one << (p & 63)
+                idx = a * nn + p * n + q
+                if want_bp:
+                    bp_rule[idx] = rule
+                    bp_aux[idx] = aux
+                if idx == goal:
+                    return 1, bp_rule, bp_aux
+                if sp == cap:
+                    cap *= 2
+                    t1 = np.empty(cap, dtype=np.int64)
+                    t1[:sp] = stack[:sp]
+                    stack = t1
+                stack[sp] = idx
+                sp += 1
+    pops = 0
+    while sp > 0:
+        sp -= 1
+        cur = stack[sp]
+        pops += 1
+        if pops > max_pops:
+            return 2, bp_rule, bp_aux
+        b = cur // nn
+        rem = cur - b * nn
+        p = rem // n
+        q = rem - p * n
+        # A -> B: (p, A, q)
+        for j in range(u_ptr[b], u_ptr[b + 1]):
+            a = u_a[j]
+            wi = (a * n + p) * W + (q >> 6)
+            bit = one << (q & 63)
+            if (right[wi] & bit) == 0:
+                right[wi] |= bit
+                left[(a * n + q) * W + (p >> 6)] |= one << (p & 63)
+                idx = a * nn + rem
+                if want_bp:
+                    bp_rule[idx] = u_rule[j]
+                if idx == goal:
+                    return 1, bp_rule, bp_aux
+                if sp == cap:
+                    cap *= 2
+                    t1 = np.empty(cap, dtype=np.int64)
+                    t1[:sp] = stack[:sp]
+                    stack = t1
+                stack[sp] = idx
+                sp += 1
+        # A -> B C: partners (q, C, r) give (p, A, r)
+        for j in range(l_ptr[b], l_ptr[b + 1]):
+            a = l_a[j]
+            cb = (l_c[j] * n + q) * W
+            ab = (a * n + p) * W
+            for w in range(q >> 6, W):
+                bits = right[cb + w] & ~right[ab + w]
+                while bits != 0:
+                    low = bits & -bits
+                    bits ^= low
+                    r = (w << 6) + trailing_zeros(low)
+                    right[ab + w] |= low
+                    left[(a * n + r) * W + (p >> 6)] |= one << (p & 63)
+                    idx = a * nn + p * n + r
+                    if want_bp:
+                        bp_rule[idx] = l_rule[j]
+                        bp_aux[idx] = q
+                    if idx == goal:
+                        return 1, bp_rule, bp_aux
+                    if sp == cap:
+                        cap *= 2
+                        t1 = np.empty(cap, dtype=np.int64)
+                        t1[:sp] = stack[:sp]
+                        stack = t1
+                    stack[sp] = idx
+                    sp += 1
+        # A -> C B: partners (r, C, p) give (r, A, q)
+        for j in range(r_ptr[b], r_ptr[b + 1]):
+            a = r_a[j]
+            cb = (r_c[j] * n + p) * W
+            ab = (a * n + q) * W
+            for w in range(0, (p >> 6) + 1):
+                bits = left[cb + w] & ~left[ab + w]
+                while bits != 0:
+                    low = bits & -bits
+                    bits ^= low
+                    r = (w << 6) + trailing_zeros(low)
+                    left[ab + w] |= low
+                    right[(a * n + r) * W + (q >> 6)] |= one << (q & 63)
+                    idx = a * nn + r * n + q
+                    if want_bp:
+                        bp_rule[idx] = r_rule[j]
+                        bp_aux[idx] = p
+                    if idx == goal:
+                        return 1, bp_rule, bp_aux
+                    if sp == cap:
+                        cap *= 2
+                        t1 = np.empty(cap, dtype=np.int64)
+                        t1[:sp] = stack[:sp]
+                        stack = t1
+                    stack[sp] = idx
+                    sp += 1
+    return 0, bp_rule, bp_aux
+
+
+def py_search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
+              l_ptr, l_c, l_a, l_rule, r_ptr, r_c, r_a, r_rule, eps_a, eps_rule, want_bp, max_pops):
+    """Pure-Python mirror of :func:`search`: Python ints as bitsets, the same seed order, the same LIFO
+    worklist, the same rule order and ascending partner order, the same early exit and work cap — so the
+    answer *and* the back-pointers (hence the witness) are identical to the numba kernel's."""
+    nn = n * n
+    goal = start_nt * nn + (n - 1)
+    right = [0] * (n_nt * n)
+    left = [0] * (n_nt * n)
+    bp_rule: dict[int, int] = {}
+    bp_aux: dict[int, int] = {}
+    stack: list[int] = []
+    t_ptr, t_a, t_rule = t_ptr.tolist(), t_a.tolist(), t_rule.tolist()
+    u_ptr, u_a, u_rule = u_ptr.tolist(), u_a.tolist(), u_rule.tolist()
+    l_ptr, l_c, l_a, l_rule = l_ptr.tolist(), l_c.tolist(), l_a.tolist(), l_rule.tolist()
+    r_ptr, r_c, r_a, r_rule = r_ptr.tolist(), r_c.tolist(), r_a.tolist(), r_rule.tolist()
+    seeds = []
+    for k, (p, t, q) in enumerate(zip(e_src.tolist(), e_term.tolist(), e_dst.tolist())):
+        for j in range(t_ptr[t], t_ptr[t + 1]):
+            seeds.append((t_a[j], p, q, t_rule[j], k))
+    for g in range(n):
+        if node_gap[g]:
+            for a in range(n_nt):
+                seeds.append((a, g, g, -2, -1))
+    for a, rule in zip(eps_a.tolist(), eps_rule.tolist()):
+        for p in range(n):
+            seeds.append((a, p, p, rule, -1))
+    for a, p, q, rule, aux in seeds:
+        bit = 1 << q
+        if not right[a * n + p] & bit:
+            right[a * n + p] |= bit
+            left[a * n + q] |= 1 << p
+            idx = a * nn + p * n + q
+            if want_bp:
+                bp_rule[idx] = rule
+                bp_aux[idx] = aux
+            if idx == goal:
+                return 1, bp_rule, bp_aux
+            stack.append(idx)
+    pops = 0
+    while stack:
+        cur = stack.pop()
+        pops += 1
+        if pops > max_pops:
+            return 2, bp_rule, bp_aux
+        b, rem = divmod(cur, nn)
+        p, q = divmod(rem, n)
+        for j in range(u_ptr[b], u_ptr[b + 1]):
+            a = u_a[j]
+            bit = 1 << q
+            if not right[a * n + p] & bit:
+                right[a * n + p] |= bit
+                left[a * n + q] |= 1 << p
+                idx = a * nn + rem
+                if want_bp:
+                    bp_rule[idx] = u_rule[j]
+                if idx == goal:
+                    return 1, bp_rule, bp_aux
+                stack.append(idx)
+        for j in range(l_ptr[b], l_ptr[b + 1]):
+            a = l_a[j]
+            row = a * n + p
+            bits = right[l_c[j] * n + q] & ~right[row]
+            if bits:
+                right[row] |= bits
+                pbit = 1 << p
+                while bits:
+                    low = bits & -bits
+                    bits ^= low
+                    r = low.bit_length() - 1
+                    left[a * n + r] |= pbit
+                    idx = a * nn + p * n + r
+                    if want_bp:
+                        bp_rule[idx] = l_rule[j]
+                        bp_aux[idx] = q
+                    if idx == goal:
+                        return 1, bp_rule, bp_aux
+                    stack.append(idx)
+        for j in range(r_ptr[b], r_ptr[b + 1]):
+            a = r_a[j]
+            row = a * n + q
+            bits = left[r_c[j] * n + p] & ~left[row]
+            if bits:
+                left[row] |= bits
+                qbit = 1 << q
+                while bits:
+                    low = bits & -bits
+                    bits ^= low
+                    r = low.bit_length() - 1
+                    right[a * n + r] |= qbit
+                    idx = a * nn + r * n + q
+                    if want_bp:
+                        bp_rule[idx] = r_rule[j]
+                        bp_aux[idx] = p
+                    if idx == goal:
+                        return 1, bp_rule, bp_aux
+                    stack.append(idx)
+    return 0, bp_rule, bp_aux
+
+
+py_build_nfa = build_nfa
+
+_NUMBA = None
+
+
+def numba_available() -> bool:
+    return _numba_kernels() is not None
+
+
+def _numba_kernels():
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import numba
+
+            jit = numba.njit(cache=True, nogil=True)
+            _NUMBA = (jit(build_nfa), jit(search))
+        except Exception:  # numba missing or unusable: the fallback is exact, only slower
+            _NUMBA = False
+    return _NUMBA or None
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """``numba`` or ``python``: the argument, else ``$DLLM_GRAMMAR_BACKEND``, else numba when it imports."""
+    choice = (backend or os.environ.get("DLLM_GRAMMAR_BACKEND") or "auto").lower()
+    if choice not in ("auto", "numba", "python"):
+        raise ValueError(f"grammar backend must be 'auto', 'numba' or 'python', not {choice!r}")
+    if choice == "python":
+        return "python"
+    if numba_available():
+        return "numba"
+    if choice == "numba":
+        raise ValueError("grammar backend 'numba' requested but numba does not import")
+    return "python"
+
+
+def kernels(backend: str):
+    if backend == "numba":
+        return _numba_kernels()
+    return py_build_nfa, py_search

@@ -1,0 +1,439 @@
+"""dllm.grammars: the grammar feasibility oracle (soundness vs brute force, witnesses, backends, schemas)."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dllm.grammars import Oracle, TokenTable, load_grammar, numba_available, schema_to_lark, token_bytes
+from dllm.grammars.grammar import Grammar
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TOKENIZER = ROOT / "dllm" / "tiny" / "checkpoint" / "tokenizer.json"
+GOLDENS = Path("/work/shared/goldens")
+BACKENDS = ["python"] + (["numba"] if numba_available() else [])
+
+# a toy byte tokenizer: id 0 = mask, 1 = EOS, 2 + b = the byte b
+MASK, EOS = 0, 1
+BYTE_TABLE = [None, None] + [bytes([b]) for b in range(256)]
+
+
+def cells_of(text: str) -> list[int]:
+    """'_' = masked cell, '$' = EOS, other characters = one committed byte each."""
+    return [MASK if c == "_" else EOS if c == "$" else 2 + ord(c) for c in text]
+
+
+def byte_oracle(grammar="json", backend="python", **kw) -> Oracle:
+    return Oracle(grammar, token_table=BYTE_TABLE, mask_id=MASK, eos_ids=[EOS], backend=backend, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(TINY_TOKENIZER))
+
+
+# ---------------------------------------------------------------------------------------------- front end
+def test_terminal_dfa_matches_re():
+    g = load_grammar("json")
+    string = next(t for t in g.terminals if t.name == "STRING")
+    number = next(t for t in g.terminals if t.name == "NUMBER")
+    for s in ['""', '"a b"', '"\\n"', '"\\u00e9"', '"x', '"\\x"', 'a', '"é"']:
+        assert string.accepts(s.encode()) == bool(re.fullmatch(r'"([^"\\\x00-\x1f]|\\(["\\/bfnrt]|u[0-9a-fA-F]{4}))*"', s)), s
+    for s in ["0", "-0", "12", "012", "1.5e3", "1.", "-", "3E+2"]:
+        assert number.accepts(s.encode()) == bool(re.fullmatch(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?", s)), s
+    # closure R_T of the start contains every live state
+    assert set(number.closure[0]) == set(range(number.n_states))
+
+
+def test_grammar_syntax_error_has_line_and_column():
+    with pytest.raises(ValueError, match=r"line 2, column \d+") as e:
+        load_grammar('start: "a"\nfoo: ( "b"\n')
+    assert "\n" not in str(e.value)
+
+
+def test_grammar_errors_one_line():
+    for bad, pat in [("start: a\n", "not defined"),
+                     ("start: x\nx: \"(\" x\n", "accepts no string"),
+                     ("start: A\nA: /é+/\n", "non-ASCII"),
+                     ("start: A\nA: /a*/\n", "zero-width")]:
+        with pytest.raises(ValueError, match=pat) as e:
+            load_grammar(bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="not found"):
+        load_grammar("/nonexistent/x.lark")
+
+
+def test_user_lark_file(tmp_path):
+    p = tmp_path / "pairs.lark"
+    p.write_text('start: "(" start ")" | "x"\n')
+    o = byte_oracle(str(p))
+    assert o.feasible(cells_of("((_))")) and not o.feasible(cells_of("(x))"))
+    assert o.witness(cells_of("((_")) == b"((x))"
+
+
+def test_non_ascii_literal_is_utf8():
+    o = byte_oracle('start: "é" "!"\n')
+    assert o.feasible([2 + b for b in "é!".encode()]) and not o.feasible(cells_of("\xe9!"))
+
+
+# ---------------------------------------------------------------------------------------------- NFA cases
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("canvas,ok", [
+    ("nu_ll", True), ("nul_ull", False), ('"hiii_you_ello"', True), ("123_456_789_", True),
+    ("[1, tru_", True), ("tr_e$", True), ("[1,_]$", True), ("[1,2]3", False), ("_$", True), ("$", False),
+    ("1$_2", False),          # text after the end of output
+    ("{_:_}", True), ('"_', True), ('"', False), ("  _  ", True), ("nul$", False),   # EOS-adjacent partial
+    ("_ _ _", True), ("[1 2]", False), ('{"a": 1}', True), ('{"a" 1}', False),
+])
+def test_json_canvas_cases(backend, canvas, ok):
+    o = byte_oracle(backend=backend)
+    assert o.feasible(cells_of(canvas)) is ok
+    w = o.witness(cells_of(canvas))
+    assert (w is not None) is ok
+    if ok:
+        json.loads(w)
+        assert consistent(w, canvas)
+
+
+def test_open_end_option():
+    closed, opened = byte_oracle(), byte_oracle(open_end=True)
+    assert not closed.feasible(cells_of("[1,")) and opened.feasible(cells_of("[1,"))
+    assert not opened.start(cells_of("[1]")).complete and closed.start(cells_of("[1]")).complete
+
+
+def consistent(witness: bytes, canvas: str) -> bool:
+    """The witness keeps every committed byte in order, with gaps in between (regex over bytes)."""
+    end = canvas.find("$")
+    canvas = canvas if end < 0 else canvas[:end]
+    parts = re.split("_+", canvas)
+    rx = b".*".join(re.escape(p.encode("latin-1")) for p in parts)
+    return re.fullmatch(rx, witness, re.S) is not None
+
+
+# ---------------------------------------------------------------------------------------------- brute force
+TINY_GRAMMAR = r"""
+start: expr
+expr: atom | "(" expr* ")" | expr "+" expr
+atom: NAME | NUM
+NAME: /[ab]+/
+NUM: /[0-9]+/
+%ignore " "
+"""
+POOL = ["(", ")", "a", "b", "1", "+", " ", "ab", "(a", "1)", ")+", "+(", "a1"]
+FILL_ALPHABET = ["(", ")", "a", "1", "+", " "]
+
+
+@lru_cache(maxsize=None)
+def tiny_grammar() -> Grammar:
+    return load_grammar(TINY_GRAMMAR)
+
+
+@lru_cache(maxsize=None)
+def tiny_parses(text: str) -> bool:
+    return tiny_grammar().parses(text)
+
+
+def pool_oracle(backend: str) -> Oracle:
+    table = [None, None] + [p.encode() for p in POOL]
+    return Oracle(TINY_GRAMMAR, token_table=table, mask_id=0, eos_ids=[1], backend=backend)
+
+
+def brute_force(cells: list[int], max_fill: int) -> bool:
+    """Some filling of the gaps with <= max_fill characters each parses (canvas semantics as the oracle)."""
+    end = cells.index(1) if 1 in cells else len(cells)
+    if any(c >= 2 for c in cells[end + 1:]):
+        return False
+    words: list[str | None] = []
+    for c in cells[:end]:
+        if c == 0:
+            if not words or words[-1] is not None:
+                words.append(None)
+        else:
+            if words and words[-1] is not None:
+                words[-1] += POOL[c - 2]
+            else:
+                words.append(POOL[c - 2])
+    n_gaps = sum(w is None for w in words)
+    fills = [""] + ["".join(p) for k in range(1, max_fill + 1) for p in itertools.product(FILL_ALPHABET, repeat=k)]
+    for combo in itertools.product(fills, repeat=n_gaps):
+        it = iter(combo)
+        text = "".join(next(it) if w is None else w for w in words)
+        if tiny_parses(text):
+            return True
+    return False
+
+
+canvas_strategy = st.lists(st.integers(0, len(POOL) + 1), min_size=1, max_size=4).filter(
+    lambda cs: sum(1 for i, c in enumerate(cs) if c == 0 and (i == 0 or cs[i - 1] != 0)) <= 2)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(canvas_strategy)
+def test_oracle_agrees_with_brute_force(cells):
+    results = {}
+    for backend in BACKENDS:
+        o = pool_oracle(backend)
+        results[backend] = (o.feasible(cells), o.witness(cells))
+    feasible, witness = results["python"]
+    assert len(set(results.values())) == 1, results  # numba and pure Python: same answer, same witness
+    n_gaps = sum(1 for i, c in enumerate(cells) if c == 0 and (i == 0 or cells[i - 1] != 0))
+    if brute_force(cells, max_fill=2 if n_gaps == 2 else 3):
+        assert feasible, cells
+    if feasible:
+        assert witness is not None and tiny_parses(witness.decode()), (cells, witness)
+    else:
+        assert witness is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, len(POOL) + 1), min_size=1, max_size=6), st.randoms(use_true_random=False))
+def test_refinements_of_infeasible_stay_infeasible(cells, rnd):
+    o = pool_oracle("python")
+    if o.feasible(cells):
+        return
+    for i, c in enumerate(cells):
+        if c == 0:
+            cells[i] = rnd.randint(1, len(POOL) + 1)
+            assert not o.feasible(cells)
+
+
+# ---------------------------------------------------------------------------------------------- tokenizers
+def test_token_bytes_byte_level(tiny_tok):
+    table = token_bytes(tiny_tok)
+    text = '{"name": "Zoë", "n": [1, 2]}\n'
+    ids = tiny_tok.encode(text).ids
+    assert b"".join(table[i] for i in ids) == text.encode()
+    assert table[tiny_tok.token_to_id("<|endoftext|>")] is None
+    assert table[tiny_tok.token_to_id("<|mdm_mask|>")] is None
+
+
+def test_token_bytes_transformers_wrapper(tiny_tok):
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(TINY_TOKENIZER))
+    assert token_bytes(hf) == token_bytes(tiny_tok)
+
+
+@pytest.mark.skipif(not (GOLDENS / "llada" / "tokenizer.json").exists(), reason="goldens not present")
+def test_token_bytes_raw_vocab_goldens():
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(GOLDENS / "llada" / "tokenizer.json"))
+    table = token_bytes(tok)
+    text = '{"a": [1, 2]}'
+    assert b"".join(table[i] for i in tok.encode(text).ids) == text.encode()
+    assert table[0] is None and table[tok.token_to_id(" ")] == b" "
+
+
+def test_token_bytes_sentencepiece():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "▁a": 1, "b": 2, "<0x41>": 3, "<0xC3>": 4, "▁": 5}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    table = token_bytes(tok)
+    assert table[1:] == [b" a", b"b", b"A", b"\xc3", b" "]
+
+
+# ---------------------------------------------------------------------------------------------- JSON + tiny tokenizer
+def tiny_oracle(tok, backend="python", grammar="json"):
+    return Oracle(grammar, tok, mask_id=tok.token_to_id("<|mdm_mask|>"), eos_ids=[tok.token_to_id("<|endoftext|>")],
+                  backend=backend)
+
+
+DOCS = ['{"item": "box", "weight": 12, "color": "black", "material": "copper"}',
+        '{"name": "Ben", "maker": {"brand": "Lumen", "city": "Austin"}, "sizes": [7, 19, 50], "ok": true, "x": null}',
+        '[1.5, -2e3, "a\\"b", {}, []]']
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_masked_valid_json_stays_feasible(tiny_tok, doc):
+    rng = random.Random(doc)
+    mask, eos = tiny_tok.token_to_id("<|mdm_mask|>"), tiny_tok.token_to_id("<|endoftext|>")
+    ids = tiny_tok.encode(doc).ids + [eos] * 3
+    o = tiny_oracle(tiny_tok, BACKENDS[-1])
+    assert o.start(ids).complete
+    for _ in range(8):
+        cells = [t if rng.random() < 0.5 else mask for t in ids]
+        assert o.feasible(cells)
+        w = o.witness(cells)
+        json.loads(w)
+    # a token that breaks the syntax is rejected
+    broken = list(ids)
+    broken[0] = tiny_tok.token_to_id("}")
+    assert not o.feasible(broken)
+
+
+def test_backends_agree_on_json_canvases(tiny_tok):
+    if len(BACKENDS) < 2:
+        pytest.skip("numba not installed")
+    rng = random.Random(0)
+    mask, eos = tiny_tok.token_to_id("<|mdm_mask|>"), tiny_tok.token_to_id("<|endoftext|>")
+    py, nb = tiny_oracle(tiny_tok, "python"), tiny_oracle(tiny_tok, "numba")
+    vocab = [i for i in range(len(py.tokens)) if not py.excluded[i]]
+    for k in range(12):
+        ids = tiny_tok.encode(DOCS[k % len(DOCS)]).ids + [eos] * 4
+        cells = [t if rng.random() < 0.6 else mask for t in ids]
+        if k % 2:
+            cells[rng.randrange(len(cells))] = rng.choice(vocab)
+        assert py.feasible(cells) == nb.feasible(cells)
+        assert py.witness(cells) == nb.witness(cells)
+
+
+def test_state_protocol(tiny_tok):
+    o = tiny_oracle(tiny_tok, BACKENDS[-1])
+    mask, eos = o.mask_id, sorted(o.eos_ids)[0]
+    enc = lambda s: tiny_tok.encode(s).ids
+    lb, rb, one, comma = enc("{")[0], enc("}")[0], enc("1")[0], enc(",")[0]
+    state = o.start(length=6)
+    assert state.feasible() and not state.complete
+    assert not state.allows(0, rb) and state.banned(0) == [rb] and state.rejections == 1
+    assert not state.allows(0, rb) and state.rejections == 1          # remembered, not re-counted
+    assert not state.allows(0, mask) and not state.allows(0, tiny_tok.token_to_id("<|startoftext|>"))
+    # several tokens in one parallel step, checked one at a time in confidence order:
+    # "1" at 0 and "{" at 2 are each fine alone but not together ("1" starts a number at top level)
+    assert state.allows(2, lb)
+    assert state.filter([(0, one), (2, lb), (2, one)]) == [True, False, True]
+    assert state.allows(3, eos)                                       # "1?1" may end right there
+    assert state.commit(5, eos, check=True)
+    assert not state.allows(5, one)                                   # already committed
+    assert not state.commit(3, comma, check=True)                     # "1?1," cannot end before the EOS
+    w = state.witness()
+    assert isinstance(json.loads(w), int) and w.startswith(b"1")
+    state.commit(1, one)
+    state.commit(3, eos)
+    state.commit(4, eos)
+    assert state.complete and bytes(state.witness()) == b"111"
+    assert rb != lb and state.checks > 0
+
+
+def test_eos_rules():
+    o = byte_oracle()
+    s = o.start(cells_of("1__"))
+    assert s.allows(1, EOS)
+    s.commit(2, 2 + ord("2"))
+    assert not s.allows(1, EOS)                       # EOS before committed text: never (no overwrite)
+    s2 = o.start(cells_of("1_$_"))
+    assert not s2.allows(3, 2 + ord("2")) and s2.allows(3, EOS) and s2.allows(1, 2 + ord("3"))
+
+
+# ---------------------------------------------------------------------------------------------- JSON Schema
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                      "tags": {"type": "array", "items": {"enum": ["a", "b", 3]}, "maxItems": 3},
+                                      "ok": {"type": ["boolean", "null"]}},
+     "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object", "properties": {"maker": {"type": "object", "properties": {"brand": {"type": "string", "maxLength": 5},
+                                                                                "city": {"const": "Austin"}},
+                                                "required": ["city"]},
+                                      "sizes": {"type": "array", "items": {"type": "integer", "exclusiveMinimum": -5},
+                                                "minItems": 1}},
+     "title": "t", "description": "d"},
+    {"type": "array", "items": {"$ref": "#/$defs/node"}, "minItems": 2, "maxItems": 4,
+     "$defs": {"node": {"anyOf": [{"type": "number"}, {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}]}}},
+    {"type": "object", "additionalProperties": {"type": "integer", "maximum": -3}},
+    {},
+]
+
+
+def sample(g: Grammar, rng: random.Random, max_depth: int = 6) -> str:
+    """A random string of the grammar: random derivation (shortest choices once deep), random lexemes."""
+    by_head: dict[int, list[tuple]] = {}
+    for r in g.rules:
+        by_head.setdefault(r[1], []).append(r)
+    short = g.shortest_terminals
+
+    def lexeme(t) -> bytes:
+        term, s, out = g.terminals[t], 0, bytearray()
+        for _ in range(40):
+            if term.accept[s] and (rng.random() < 0.3 or len(out) > 12):
+                return bytes(out)
+            nxt = [b for b in range(32, 127) if term.table[s, b] >= 0]
+            if not nxt:
+                break
+            b = rng.choice(nxt)
+            out.append(b)
+            s = int(term.table[s, b])
+        return bytes(out) if term.accept[s] else bytes(out) + (term.shortest(s) or b"")
+
+    out: list[bytes] = []
+    stack = [(g.start_nt, 0)]
+    while stack:
+        a, d = stack.pop()
+        if d > max_depth:
+            out.extend(g.terminals[t].shortest(0) for t in short(a))
+            out.append(b" ")
+            continue
+        kind, _, x, y = rng.choice(by_head[a])
+        if kind == 1:
+            out.append(lexeme(x))
+            out.append(b" ")
+        elif kind == 2:
+            stack.append((x, d + 1))
+        elif kind == 3:
+            stack.append((y, d + 1))
+            stack.append((x, d + 1))
+    return b"".join(out).decode()
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=range(len(SCHEMAS)))
+def test_schema_grammar_outputs_validate(schema):
+    g = load_grammar(schema)
+    rng = random.Random(1)
+    for _ in range(25):
+        text = sample(g, rng)
+        assert g.parses(text), text
+        jsonschema.validate(json.loads(text), schema)
+    w = byte_oracle(schema).witness([MASK])
+    jsonschema.validate(json.loads(w), schema)
+
+
+def test_schema_rejects_invalid_instances():
+    g = load_grammar(SCHEMAS[0])
+    for bad in ['{"name": "x"}', '{"name": "x", "age": 121}', '{"name": "x", "age": -1}', '{"age": 1, "name": "x"}',
+                '{"name": "x", "age": 1, "tags": ["a", "a", "a", "a"]}', '{"name": 1, "age": 1}']:
+        assert not g.parses(bad), bad
+    assert g.parses('{"name": "x", "age": 120, "tags": [3, "b"], "ok": null}')
+    g2 = load_grammar(SCHEMAS[1])
+    assert not g2.parses('{"maker": {"brand": "toolong"}}') and g2.parses('{"sizes": [-4, 0]}')
+
+
+@pytest.mark.parametrize("schema,word", [
+    ({"type": "string", "pattern": "a+"}, "pattern"),
+    ({"type": "string", "format": "email"}, "format"),
+    ({"oneOf": [{"type": "string"}]}, "oneOf"),
+    ({"type": "number", "minimum": 0}, "minimum"),
+    ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}, "uniqueItems"),
+    ({"type": "date"}, "date"),
+])
+def test_schema_unsupported_keyword(schema, word):
+    with pytest.raises(ValueError, match=word) as e:
+        schema_to_lark(schema)
+    assert "\n" not in str(e.value)
+
+
+def test_schema_empty_language_errors():
+    for schema in [{"enum": []}, {"type": "integer", "minimum": 5, "maximum": 4},
+                   {"type": "array", "minItems": 3, "maxItems": 2}]:
+        with pytest.raises(ValueError):
+            load_grammar(schema)
+
+
+def test_template_with_impossible_text_is_infeasible_up_front(tiny_tok):
+    o = tiny_oracle(tiny_tok, BACKENDS[-1], grammar=SCHEMAS[0])
+    mask = o.mask_id
+    good = tiny_tok.encode('{"name": ').ids + [mask] * 4 + tiny_tok.encode(', "age": ').ids + [mask] * 2
+    bad = tiny_tok.encode('{"age": ').ids + [mask] * 6
+    assert o.start(good).feasible() and not o.start(bad).feasible()
+    jsonschema.validate(json.loads(o.start(good).witness()), SCHEMAS[0])
