@@ -48,3 +48,18 @@ def median_seconds(fn, reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_medians(first, second, reps: int, warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of two functions timed alternately (a, b, a, b, ...), so load drift on a shared machine
+    hits both alike; ratios of the two are what the benchmarks report."""
+    for _ in range(warmup):
+        first()
+        second()
+    a, b = [], []
+    for _ in range(reps):
+        for fn, times in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)

@@ -1,14 +1,27 @@
-"""The ``dllm`` command line: ``dllm generate`` (more subcommands register themselves in ``COMMANDS``)."""
+"""The ``dllm`` command line: ``dllm generate`` (more subcommands register themselves in ``COMMANDS``).
+
+Flags shared by ``generate`` and ``eval`` mean the same in both: ``-o/--option KEY=VALUE`` (any other
+sampler, cache or decoding option), ``--threshold``, ``--threads``, ``--device``, ``--dtype``,
+``--batch-size`` (32 unless told otherwise) and ``--no-progress``. A cache may carry its options,
+``--cache dual:refresh_every=2``. Every input error is one line on stderr (exit 2); Ctrl-C is one line saying
+what was kept (exit 130).
+"""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from pathlib import Path
 
+from . import registry
+
 COMMANDS: dict[str, tuple] = {}
+DEFAULT_BATCH_SIZE = 32  # the one rule, shared with dllm eval and the lm-eval model (dllm.eval.lm.DEFAULT_BATCH)
+
+
+class Interrupted(Exception):
+    """Ctrl-C caught by a command, with the one line that says what was kept."""
 
 
 def register_command(name: str, help: str, add_arguments, run) -> None:
@@ -16,98 +29,168 @@ def register_command(name: str, help: str, add_arguments, run) -> None:
     COMMANDS[name] = (help, add_arguments, run)
 
 
+# --------------------------------------------------------------------------------------------------
+# argument types and checks shared by the subcommands
+# --------------------------------------------------------------------------------------------------
 def parse_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE parsed as a Python literal when it is one (numbers, True/False, None)."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"option '{text}' must look like KEY=VALUE")
-    key, value = text.split("=", 1)
+    """argparse type of ``-o KEY=VALUE`` (:func:`dllm.registry.parse_option`)."""
     try:
-        return key.strip(), ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key.strip(), value
+        return registry.parse_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sampler", default="static", help="sampler name (see `dllm generate --list-samplers`)")
-    parser.add_argument("--cache", default=None, help="none | prefix | dual | block (default: the family's)")
-    parser.add_argument("--gen-length", type=int, default=None, help="canvas size (default: the checkpoint's, else 128)")
-    parser.add_argument("--block-length", type=int, default=None, help="default: the checkpoint's when it divides gen_length")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--threshold", type=float, default=None, help="threshold sampler's confidence threshold")
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    parser.add_argument("--chat", action="store_true", help="wrap prompts in the checkpoint's chat template")
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def check_device(device) -> str | None:
+    """``device`` if torch can use it here, else a one-line ValueError (``banana``; ``cuda`` on a CPU build)."""
+    if device is None:
+        return None
+    import torch
+
+    text = str(device).strip()
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device '{device}': use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA device is visible to this process")
+            raise ValueError(f"device '{device}': {why}; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device '{device}': MPS is not available on this machine; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device '{device}' is not supported by dllm: use cpu, cuda, cuda:N or mps")
+    return text
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, option_help: str) -> None:
+    """The flags ``generate`` and ``eval`` share, with one meaning."""
     parser.add_argument("-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
-                        help="any other sampler or cache option, e.g. -o factor=1.0 -o refresh_every=4")
+                        dest="option", help=option_help)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="confidence threshold of the samplers that take one (threshold ...)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"prompts decoded together (default {DEFAULT_BATCH_SIZE}; batching is exact, only speed changes)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's; use 1 when another job shares the cores)")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (dllm's and lm-eval's)")
 
 
-def decoding_kwargs(args) -> dict:
-    kwargs = dict(sampler=args.sampler, cache=args.cache, gen_length=args.gen_length, block_length=args.block_length,
-                  steps=args.steps, temperature=args.temperature, seed=args.seed, stop=args.stop, chat=args.chat)
-    if args.threshold is not None:
-        kwargs["threshold"] = args.threshold
-    kwargs.update(dict(args.option))
-    return kwargs
-
-
+# --------------------------------------------------------------------------------------------------
+# dllm generate
+# --------------------------------------------------------------------------------------------------
 def _generate_arguments(parser):
     parser.add_argument("--model", default="tiny", help="checkpoint directory, hub id, or 'tiny' (default)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", action="append", help="prompt text (repeatable)")
-    source.add_argument("--prompts-file", type=Path, help="one prompt per line (.txt) or {'prompt': ...} per line (.jsonl)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    source.add_argument("--prompts-file", type=Path, help="one prompt per line (.txt) or {\"prompt\": ...} per line (.jsonl)")
+    parser.add_argument("--raw-prompt", action="store_true",
+                        help="send prompts exactly as given (do not append the checkpoint's prompt suffix)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     parser.add_argument("--list-samplers", action="store_true", help="print the registered samplers and exit")
-    add_decoding_arguments(parser)
+    parser.add_argument("--sampler", default="static", help="sampler name (see `dllm generate --list-samplers`)")
+    parser.add_argument("--cache", default=None,
+                        help="none | prefix | dual | block, with options as dual:refresh_every=2 (default: the family's)")
+    parser.add_argument("--gen-length", type=positive_int, default=None,
+                        help="canvas size (default: the checkpoint's, else 128)")
+    parser.add_argument("--block-length", type=positive_int, default=None,
+                        help="default: the checkpoint's when it divides gen_length, else 32 when that does, else gen_length")
+    parser.add_argument("--steps", type=positive_int, default=None)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    parser.add_argument("--chat", action="store_true", help="wrap prompts in the checkpoint's chat template")
+    add_common_arguments(parser, "any other sampler, cache or decoding option, e.g. -o factor=1.0 -o refresh_every=4")
 
 
-def _checkpoint_canvas(model, kwargs: dict) -> None:
-    """Fill gen_length / block_length left unset from the checkpoint's generation_config.json (the embedded
-    model ships the canvas it was trained for), else gen_length 128 and dllm.generate's own block rule."""
-    defaults = model.canvas_defaults
+def decoding_kwargs(args, model) -> dict:
+    """``dllm.generate`` keywords from the flags, the canvas filled by :mod:`dllm.canvas_defaults`."""
+    from .canvas_defaults import default_block_length, default_gen_length
+    from .stops import normalize_stops
+
+    kwargs = dict(sampler=args.sampler, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
+                  temperature=args.temperature, seed=args.seed, stop=list(normalize_stops(args.stop)) or None,
+                  chat=args.chat)
+    if args.cache is not None:
+        name, options = registry.parse_spec(args.cache, "--cache")
+        kwargs["cache"] = name
+        kwargs.update(options)
+    if args.threshold is not None:
+        kwargs["threshold"] = args.threshold
+    kwargs.update(dict(args.option))
     if kwargs["gen_length"] is None:
-        kwargs["gen_length"] = defaults.get("gen_length", 128)
-        block = defaults.get("block_length")
-        if kwargs["block_length"] is None and block and kwargs["gen_length"] % block == 0:
-            kwargs["block_length"] = block
+        kwargs["gen_length"] = default_gen_length(model)
+    if kwargs["block_length"] is None and model.attention != "block_causal":
+        kwargs["block_length"] = default_block_length(model, kwargs["gen_length"])
+    return kwargs
 
 
 def _generate(args) -> int:
     import dllm
 
+    from .canvas_defaults import format_prompt
+
     if args.list_samplers:
         for name in dllm.samplers.available():
             print(f"{name}: options {', '.join(dllm.samplers.option_names(name)) or '-'}")
         return 0
-    prompts = _read_prompts(args)
-    model = dllm.load(args.model, dtype=args.dtype, device=args.device)
-    kwargs = decoding_kwargs(args)
-    _checkpoint_canvas(model, kwargs)
+    prompts = read_prompts(args)
+    device = check_device(args.device)
+    set_threads(args.threads)
+    model = dllm.load(args.model, dtype=args.dtype, device=device)
+    kwargs = decoding_kwargs(args, model)
+    if not args.raw_prompt:
+        prompts = [format_prompt(model, p, chat=args.chat) for p in prompts]
     batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     progress = None
-    if len(batches) > 1:
+    if len(batches) > 1 and not args.no_progress:
         from tqdm import tqdm
 
         progress = tqdm(total=len(prompts), desc="generate", unit="prompt", file=sys.stderr)
     totals = {"tokens": 0, "forwards": 0, "seconds": 0.0, "nfe": 0}
-    for batch in batches:
-        out = dllm.generate(model, batch, **kwargs)
-        for prompt, text, tokens, nfe in zip(batch, out.texts, out.stats.row_tokens, out.stats.row_nfe):
-            if args.json:
-                print(json.dumps({"prompt": prompt, "text": text, "tokens": tokens, "nfe": nfe}))
-            else:
-                print(text if len(prompts) == 1 else f"--- {prompt!r}\n{text}")
-        totals["tokens"] += out.stats.tokens
-        totals["forwards"] += sum(out.stats.row_nfe)
-        totals["nfe"] += out.stats.nfe
-        totals["seconds"] += out.stats.seconds
+    done, out = 0, None
+    try:
+        for batch in batches:
+            out = dllm.generate(model, batch, **kwargs)
+            for prompt, text, tokens, nfe in zip(batch, out.texts, out.stats.row_tokens, out.stats.row_nfe):
+                if args.json:
+                    print(json.dumps({"prompt": prompt, "text": text, "tokens": tokens, "nfe": nfe}))
+                else:
+                    print(text if len(prompts) == 1 else f"--- {prompt!r}\n{text}")
+            done += len(batch)
+            totals["tokens"] += out.stats.tokens
+            totals["forwards"] += sum(out.stats.row_nfe)
+            totals["nfe"] += out.stats.nfe
+            totals["seconds"] += out.stats.seconds
+            if progress is not None:
+                progress.update(len(batch))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {done} of {len(prompts)} prompt(s) decoded (printed above); "
+                          f"the batch in flight is lost") from None
+    finally:
         if progress is not None:
-            progress.update(len(batch))
-    if progress is not None:
-        progress.close()
+            progress.close()
     tpf = totals["tokens"] / totals["forwards"] if totals["forwards"] else 0.0
     speed = totals["tokens"] / totals["seconds"] if totals["seconds"] else 0.0
     print(f"[dllm] {len(prompts)} prompt(s), {totals['tokens']} tokens, NFE {totals['nfe']}, TPF {tpf:.2f}, "
@@ -119,19 +202,45 @@ def _generate(args) -> int:
 register_command("generate", "decode prompts and print texts with speed statistics", _generate_arguments, _generate)
 
 
-def _read_prompts(args) -> list[str]:
+def read_prompts(args) -> list[str]:
+    """``--prompt`` values, or the prompts of ``--prompts-file`` (a .txt line or a .jsonl ``"prompt"``
+    each, as written); an empty or malformed file is a one-line error."""
     if args.prompt:
-        return args.prompt
-    if args.prompts_file is None:
+        return list(args.prompt)
+    path = args.prompts_file
+    if path is None:
         raise ValueError("give --prompt TEXT or --prompts-file FILE")
-    if not args.prompts_file.exists():
-        raise ValueError(f"prompts file {args.prompts_file} does not exist")
-    lines = [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
-    if args.prompts_file.suffix == ".jsonl":
-        return [json.loads(line)["prompt"] for line in lines]
-    return lines
+    if not path.exists():
+        raise ValueError(f"prompts file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"prompts file {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompts file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(line)
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path} line {number} is not JSON ({getattr(exc, 'msg', exc)}): "
+                             f"each line must be {{\"prompt\": \"...\"}}") from None
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise ValueError(f"{path} line {number} has no \"prompt\" key: each line must be {{\"prompt\": \"...\"}}")
+        if not isinstance(row["prompt"], str) or not row["prompt"]:
+            raise ValueError(f"{path} line {number}: \"prompt\" must be non-empty text (got {row['prompt']!r})")
+        prompts.append(row["prompt"])
+    if not prompts:
+        raise ValueError(f"prompts file {path} has no prompts (it is empty or blank): write one prompt per line")
+    return prompts
 
 
+# --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     _load_subcommands()
     argv = sys.argv[1:] if argv is None else argv
@@ -148,8 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][2](args) or 0
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"dllm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dllm {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"dllm {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"dllm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _load_subcommands() -> None:

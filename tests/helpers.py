@@ -78,3 +78,16 @@ def check_progress(model, out, eos_ids) -> None:
             for position, token in commits:
                 assert position in masked_in_span, f"row {row} committed position {position} outside the span's masks"
                 seq[position] = token
+
+
+def interrupt_on_call(real, n: int):
+    """``real`` wrapped so that its ``n``-th call raises KeyboardInterrupt (Ctrl-C in the middle of a run)."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapped

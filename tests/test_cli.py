@@ -2,6 +2,10 @@
 
 import json
 
+import pytest
+import torch
+
+import dllm
 from dllm.cli import main
 
 from conftest import DECODES
@@ -9,13 +13,23 @@ from conftest import DECODES
 MODEL = str(DECODES / "llada_peaky")
 
 
-def test_generate_prints_text_and_a_stats_line(capsys):
+def err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_generate_prints_what_the_api_returns_and_its_stats(capsys):
+    args = dict(chat=True, gen_length=32, block_length=8, sampler="threshold", threshold=0.9, cache="dual")
     code = main(["generate", "--model", MODEL, "--prompt", "Hello", "--chat", "--gen-length", "32", "--block-length", "8",
                  "--sampler", "threshold", "--threshold", "0.9", "--cache", "dual"])
     captured = capsys.readouterr()
     assert code == 0
-    assert captured.out.strip()
-    assert "NFE 14" in captured.err and "sampler threshold" in captured.err and "cache dual" in captured.err
+    out = dllm.generate(dllm.load(MODEL), "Hello", **args)
+    assert captured.out == out.texts[0] + "\n"  # the text, exactly, and nothing else on stdout
+    tpf = out.stats.tokens / sum(out.stats.row_nfe)
+    assert (f"1 prompt(s), {out.stats.tokens} tokens, NFE {out.stats.nfe}, TPF {tpf:.2f}," in captured.err
+            and "sampler threshold" in captured.err and "cache dual" in captured.err)
 
 
 def test_generate_reads_a_prompts_file_in_batches(tmp_path, capsys):
@@ -33,10 +47,68 @@ def test_generate_reads_a_prompts_file_in_batches(tmp_path, capsys):
 
 def test_generate_reports_bad_input_in_one_line(capsys):
     assert main(["generate", "--model", MODEL, "--prompt", "hi", "--sampler", "nope"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("dllm generate: error: unknown sampler 'nope'") and "\n" not in err
+    assert err_line(capsys).startswith("dllm generate: error: unknown sampler 'nope'")
     assert main(["generate", "--model", "/does/not/exist", "--prompt", "hi"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "does not exist" in err_line(capsys)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "has no prompts"),
+    ("\n  \n", "has no prompts"),
+    ('{"prompt": "a"}\n{"text": "b"}\n', 'line 2 has no "prompt" key'),
+    ('{"prompt": "a"}\nnot json\n', "line 2 is not JSON"),
+    ('{"prompt": 3}\n', '"prompt" must be non-empty text'),
+])
+def test_a_bad_prompts_file_is_a_one_line_error(tmp_path, capsys, content, message):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(content)
+    assert main(["generate", "--model", MODEL, "--prompts-file", str(path)]) == 2
+    err = err_line(capsys)
+    assert err.startswith("dllm generate: error: ") and message in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-o", "threshold=abc", "--sampler", "threshold"], "sampler 'threshold': option threshold must be a number (got 'abc')"),
+    (["-o", "threshold=nan", "--sampler", "threshold"], "option threshold must be a finite number (got 'nan')"),
+    (["-o", "factor=x", "--sampler", "threshold"], "option factor must be a number or None (got 'x')"),
+    (["-o", "strict=maybe", "--sampler", "threshold"], "option strict must be true or false (got 'maybe')"),
+    (["--cache", "dual", "-o", "refresh_every=x"], "cache 'dual': option refresh_every must be an integer or None"),
+    (["--cache", "dual:refresh_every=x"], "cache 'dual': option refresh_every must be an integer or None"),
+    (["--cache", "dual:refresh_every"], "malformed --cache entry 'dual:refresh_every'"),
+    (["--cache", "duall"], "unknown cache 'duall' (did you mean 'dual'?)"),
+    (["--stop", ""], "stop='' would end every output"),
+    (["--device", "banana"], "unknown device 'banana'"),
+])
+def test_bad_options_are_one_line_errors_naming_the_option(capsys, flags, message):
+    assert main(["generate", "--model", MODEL, "--prompt", "hi", "--gen-length", "8", *flags]) == 2
+    err = err_line(capsys)
+    assert err.startswith("dllm generate: error: ") and message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(capsys):
+    assert main(["generate", "--model", MODEL, "--prompt", "hi", "--device", "cuda"]) == 2
+    assert "device 'cuda': " in err_line(capsys)
+
+
+def test_a_batch_size_below_one_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--model", MODEL, "--prompt", "hi", "--batch-size", "-1"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("argument --batch-size: -1 must be >= 1")
+
+
+def test_per_cache_options_and_shared_flags(capsys):
+    base = ["generate", "--model", MODEL, "--prompt", "Hello", "--gen-length", "16", "--block-length", "8", "--json",
+            "--sampler", "threshold", "--threshold", "0.7", "--threads", "1"]
+    assert main([*base, "--cache", "dual:refresh_every=2"]) == 0
+    inline = capsys.readouterr()
+    assert main([*base, "--cache", "dual", "--option", "refresh_every=2"]) == 0
+    separate = capsys.readouterr()
+    assert inline.out == separate.out and "cache dual" in inline.err
+    out = dllm.generate(dllm.load(MODEL), "Hello", gen_length=16, block_length=8, sampler="threshold", threshold=0.7,
+                        cache="dual", refresh_every=2)
+    assert json.loads(inline.out)["text"] == out.texts[0]
 
 
 def test_list_samplers(capsys):
@@ -51,3 +123,32 @@ def test_generate_takes_the_canvas_from_the_checkpoint(capsys):
     assert main(["generate", "--prompt", "Sort: 31 12 19\n", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["text"] == "12 19 31" and row["nfe"] <= 32
+
+
+def test_a_task_typed_as_shown_gets_the_embedded_prompt_format(tmp_path, capsys):
+    # the tiny model's prompts end in a newline ("Sort: 31 12 19\n"), which a shell cannot type
+    assert main(["generate", "--prompt", "Sort: 31 12 19", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "12 19 31"
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("Sort: 31 12 19\nSort: 5 3 4\n")
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text(json.dumps({"prompt": "Sort: 9 2 7\n"}) + "\n")
+    assert main(["generate", "--prompts-file", str(lines), "--json"]) == 0
+    assert [json.loads(r)["text"] for r in capsys.readouterr().out.splitlines()] == ["12 19 31", "3 4 5"]
+    assert main(["generate", "--prompts-file", str(rows), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["prompt"] == "Sort: 9 2 7\n" and row["text"] == "2 7 9"  # kept as the file says, not doubled
+    assert main(["generate", "--prompt", "Sort: 31 12 19", "--json", "--raw-prompt"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == "Sort: 31 12 19"
+
+
+def test_ctrl_c_prints_one_line_saying_what_was_kept(monkeypatch, capsys):
+    from helpers import interrupt_on_call
+
+    monkeypatch.setattr(dllm, "generate", interrupt_on_call(dllm.generate, 2))
+    code = main(["generate", "--model", MODEL, "--prompt", "a", "--prompt", "b", "--prompt", "c", "--batch-size", "1",
+                 "--gen-length", "8", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 130
+    assert captured.err.strip() == "dllm generate: interrupted: 1 of 3 prompt(s) decoded (printed above); the batch in flight is lost"
+    assert captured.out.startswith("--- 'a'\n")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,18 +26,30 @@ def dllm_eval(tmp_path, *extra, tasks="dllm_sort,dllm_json,dllm_sort_mc", sample
                  "--limit", limit, "--output", str(tmp_path), *SMALL, *extra])
 
 
+def results(folder, pattern="*"):
+    """Finished combination files (not samples, not temp files) by name."""
+    return sorted(p.name for p in folder.glob(f"{pattern}.json") if not p.name.endswith(".samples.json"))
+
+
+def combination(name: str) -> str:
+    """``threshold_threshold-0.7__dual__<digest>.json`` -> ``threshold_threshold-0.7__dual``."""
+    assert re.fullmatch(r".+__.+__[0-9a-f]{10}\.json", name), name
+    return name.rsplit("__", 1)[0]
+
+
 def test_eval_prints_one_table_and_writes_one_json_per_combination(tmp_path, capsys):
     assert dllm_eval(tmp_path) == 0
     printed = capsys.readouterr().out
     assert "| task | sampler | cache | metric | score | NFE/sample | TPF | tokens/s | seconds |" in printed
-    files = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert files == ["static__dual.json", "static__none.json", "threshold_threshold-0.7__dual.json",
-                     "threshold_threshold-0.7__none.json"]
+    files = results(tmp_path)
+    assert [combination(f) for f in files] == ["static__dual", "static__none", "threshold_threshold-0.7__dual",
+                                               "threshold_threshold-0.7__none"]
     rows = [line for line in printed.splitlines() if line.startswith("| dllm_")]
     assert len(rows) == 3 * 4
     assert any("| dllm_json | threshold:threshold=0.7 | dual | exact_match |" in row for row in rows)
     assert (tmp_path / "table.md").read_text().strip() == printed.split("\nresults:")[0].strip()
-    saved = json.loads((tmp_path / "threshold_threshold-0.7__dual.json").read_text())
+    [path] = tmp_path.glob("threshold_threshold-0.7__dual__*.json")
+    saved = json.loads(path.read_text())
     assert saved["config"]["dllm"]["decoding"]["sampler"]["threshold"] == 0.7
     assert saved["config"]["dllm"]["decoding"]["cache"]["cache"] == "dual"
     assert saved["config"]["dllm"]["speed"]["dllm_sort"]["samples"] == 3
@@ -45,29 +58,46 @@ def test_eval_prints_one_table_and_writes_one_json_per_combination(tmp_path, cap
     assert dllm_eval(tmp_path) == 0  # same settings: everything is loaded, nothing recomputed
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == stamps
     assert capsys.readouterr().out.count("| dllm_") == 12
-    assert dllm_eval(tmp_path, limit="2", samplers="static", caches="none") == 0  # other settings: recomputed
-    assert (tmp_path / "static__none.json").stat().st_mtime_ns != stamps["static__none.json"]
+
+
+def test_runs_with_other_settings_write_beside_earlier_results_never_over_them(tmp_path, capsys):
+    assert dllm_eval(tmp_path, tasks="dllm_sort,dllm_json", samplers="static", caches="none,dual", limit="3") == 0
+    first = {name: (tmp_path / name).read_bytes() for name in results(tmp_path)}
+    assert len(first) == 2
+    # fewer tasks, a smaller limit, a cache option: three more settings, none of them may replace the run above
+    assert dllm_eval(tmp_path, "-o", "refresh_every=2", tasks="dllm_sort", samplers="static", caches="dual",
+                     limit="2") == 0
+    printed = capsys.readouterr().out
+    assert "| dllm_sort | static | dual:refresh_every=2 |" in printed
+    assert all((tmp_path / name).read_bytes() == content for name, content in first.items())
+    [new] = [name for name in results(tmp_path) if name not in first]
+    assert combination(new) == "static__dual_refresh_every-2"
+    again = json.loads((tmp_path / new).read_text())["dllm_eval"]["run"]
+    assert again["limit"] == 2 and again["tasks"] == ["dllm_sort"] and again["cache_options"] == {"refresh_every": 2}
+    # the per-cache syntax names the same combination: loaded, not recomputed
+    stamp = (tmp_path / new).stat().st_mtime_ns
+    assert dllm_eval(tmp_path, tasks="dllm_sort", samplers="static", caches="dual:refresh_every=2", limit="2") == 0
+    assert (tmp_path / new).stat().st_mtime_ns == stamp and len(results(tmp_path)) == 3
 
 
 def test_a_killed_eval_resumes_without_recomputing_finished_combinations(tmp_path):
     args = [sys.executable, "-c", RUN_MAIN, "eval", "--model", PEAKY, "--tasks", "dllm_sort,dllm_sort_mc",
             "--samplers", "static,threshold", "--caches", "none,dual", "--limit", "6", "--output", str(tmp_path), *SMALL]
-    first = tmp_path / "static__none.json"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not first.exists() and process.poll() is None and time.time() < deadline:
+    while not results(tmp_path, "static__none__*") and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert first.exists()
-    finished = sorted(tmp_path.glob("*.json"))
+    [first] = [tmp_path / name for name in results(tmp_path, "static__none__*")]
+    finished = results(tmp_path)
     assert len(finished) < 4, "the run finished before it could be interrupted"
     stamp, content = first.stat().st_mtime_ns, first.read_bytes()
 
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert first.stat().st_mtime_ns == stamp and first.read_bytes() == content
-    assert len(list(tmp_path.glob("*.json"))) == 4
+    assert len(results(tmp_path)) == 4
     assert rerun.stdout.count("| dllm_sort") == 8
 
 
@@ -81,12 +111,58 @@ def test_a_killed_eval_resumes_without_recomputing_finished_combinations(tmp_pat
     ({"caches": "none,duall"}, "unknown cache 'duall' in --caches (did you mean 'dual'?)"),
     ({"caches": "block"}, "cache 'block' does not fit"),
     ({"samplers": "static,static:steps=3"}, "steps=3 is not a multiple of the number of blocks (2)"),
+    ({"samplers": "threshold:threshold=abc"}, "sampler 'threshold': option threshold must be a number (got 'abc')"),
+    ({"samplers": "threshold:strict=maybe"}, "sampler 'threshold': option strict must be true or false"),
+    ({"caches": "dual:refresh_every=x"}, "cache 'dual': option refresh_every must be an integer or None (got 'x')"),
+    ({"caches": "dual:refresh_every"}, "malformed --caches entry 'dual:refresh_every'"),
+    ({"extra": ["-o", "treshold=0.5"]}, "unknown option 'treshold' in -o (did you mean 'threshold'?)"),
+    ({"extra": ["-o", "threshold=abc"]}, "sampler 'threshold': option threshold must be a number (got 'abc')"),
+    ({"extra": ["-o", "temperature=hot"]}, "option temperature must be a number (got 'hot')"),
+    ({"extra": ["-o", "seed=x"]}, "option seed must be an integer or None (got 'x')"),
+    ({"extra": ["-o", "steps=True"]}, "option steps must be an integer or None (got True)"),
+    ({"extra": ["--num-fewshot", "8"]}, "--num-fewshot 8: dllm_sort, dllm_json, dllm_sort_mc are zero-shot by design"),
+    ({"extra": ["--device", "banana"]}, "unknown device 'banana'"),
 ])
-def test_bad_input_is_a_one_line_error(tmp_path, capsys, change, message):
-    assert dllm_eval(tmp_path, **change) == 2
+def test_bad_input_is_a_one_line_error_and_leaves_no_folder(tmp_path, capsys, change, message):
+    output = tmp_path / "new" / "results"
+    change = dict(change)
+    assert dllm_eval(output, *change.pop("extra", []), **change) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dllm eval: error: ") and message in err and "\n" not in err
-    assert not list(tmp_path.glob("*.json"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_output_that_is_a_file_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
+    import dllm
+
+    monkeypatch.setattr(dllm, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    taken = tmp_path / "results.json"
+    taken.write_text("{}")
+    assert dllm_eval(taken) == 2
+    assert capsys.readouterr().err.strip() == f"dllm eval: error: --output {taken} is a file: give a folder for the results"
+    assert dllm_eval(taken / "sub") == 2
+    assert "cannot be created: " in capsys.readouterr().err and taken.read_text() == "{}"
+
+
+def test_no_progress_means_no_bars_and_no_git_noise(tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a git checkout: lm-eval's git lookup must stay quiet
+    assert dllm_eval(tmp_path / "out", tasks="dllm_sort,dllm_sort_mc", samplers="static", caches="none", limit="2") == 0
+    err = capfd.readouterr().err
+    assert "%|" not in err and "it/s" not in err and "fatal" not in err, err
+
+
+def test_ctrl_c_keeps_finished_combinations_and_says_so(tmp_path, capsys, monkeypatch):
+    from helpers import interrupt_on_call
+
+    from dllm.eval import sweep
+
+    monkeypatch.setattr(sweep, "_run_one", interrupt_on_call(sweep._run_one, 2))
+    assert dllm_eval(tmp_path, tasks="dllm_sort", samplers="static", caches="none,dual", limit="2") == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dllm eval: interrupted: 1 of 2 combination(s) finished and kept in {tmp_path} (rerun the same "
+                   f"command to resume; the one in flight is lost)")
+    assert [combination(name) for name in results(tmp_path)] == ["static__none"]
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_a_model_that_cannot_be_loaded_is_a_one_line_error(tmp_path, capsys):
@@ -104,8 +180,8 @@ def test_sampler_specs_parse_values_as_numbers():
 
 def test_a_spec_can_set_the_static_step_budget(tmp_path, capsys):
     assert dllm_eval(tmp_path, tasks="dllm_sort", samplers="static,static:steps=8", caches="none", limit="2") == 0
-    saved = json.loads((tmp_path / "static_steps-8__none.json").read_text())
-    full = json.loads((tmp_path / "static__none.json").read_text())
+    [saved, full] = [json.loads(next(tmp_path.glob(f"{name}__*.json")).read_text())
+                     for name in ("static_steps-8__none", "static__none")]
     assert saved["config"]["dllm"]["settings"]["steps"] == 8 and full["config"]["dllm"]["settings"]["steps"] is None
     # 2 tokens per step on a 16-token canvas: at most 8 forwards (fewer when a stop string retires the row early)
     halved, single = (r["config"]["dllm"]["speed"]["dllm_sort"]["nfe_per_sample"] for r in (saved, full))
@@ -115,7 +191,7 @@ def test_a_spec_can_set_the_static_step_budget(tmp_path, capsys):
 def test_lm_eval_command_runs_lm_eval_with_the_dllm_model(tmp_path, capsys):
     code = main(["lm-eval", "--model", "dllm", "--model_args",
                  f"pretrained={PEAKY},sampler=threshold,gen_length=16,block_length=8",
-                 "--tasks", "dllm_sort", "--limit", "4", "--batch_size", "4", "--device", "cpu",
+                 "--tasks", "dllm_sort", "--limit", "4", "--device", "cpu",
                  "--output_path", str(tmp_path), "--log_samples"])
     assert code == 0
     [path] = tmp_path.glob("**/results_*.json")
@@ -123,6 +199,7 @@ def test_lm_eval_command_runs_lm_eval_with_the_dllm_model(tmp_path, capsys):
     speed = results["config"]["dllm"]["speed"]["dllm_sort"]
     assert speed["samples"] == 4 and speed["nfe_per_sample"] > 0 and "tokens_per_second" in speed
     assert results["config"]["dllm"]["settings"]["sampler"] == "threshold"
+    assert results["config"]["dllm"]["batch_size"] == 32  # the same default as dllm eval, not lm-eval's 1
     assert list(tmp_path.glob("**/samples_dllm_sort_*.jsonl"))
     assert "dllm_sort" in capsys.readouterr().out
 
@@ -132,3 +209,10 @@ def test_lm_eval_command_errors_are_one_line(capsys):
                  "--limit", "1"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err == "dllm lm-eval: error: Tasks not found: dllm_nope"
+
+
+def test_lm_eval_refuses_few_shot_on_the_zero_shot_embedded_tasks(capsys):
+    code = main(["lm-eval", "--model", "dllm", "--model_args", f"pretrained={PEAKY}", "--tasks", "dllm_sort",
+                 "--num_fewshot", "8", "--limit", "1"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("dllm lm-eval: error: --num_fewshot 8: dllm_sort is zero-shot by design")

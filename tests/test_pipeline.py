@@ -338,3 +338,20 @@ def test_the_oracle_reaches_its_target_in_fewer_forwards(cache):
     oracle = dllm.generate(model, prompts, sampler="oracle", targets=targets, **kw)
     assert oracle.canvases == static.canvases
     assert oracle.stats.nfe <= static.stats.nfe
+
+
+@dllm.filters.register("ban_every_token_test")
+@dataclass
+class BanEveryToken(dllm.filters.Filter):
+    """Bans every token at a position by rejecting whatever is proposed (the vocabulary runs out)."""
+
+    def reject(self, view, decision):
+        return decision.commit.clone()
+
+
+def test_a_row_whose_positions_run_out_of_tokens_ends_stuck_without_looping():
+    model = random_model("llada", 33)
+    prompts = random_prompts(model, 1, 34)
+    out = dllm.generate(model, prompts, gen_length=8, block_length=8, filters=["ban_every_token_test"],
+                        max_rejections=10**9, eos_ids=())
+    assert out.status == ["stuck"]

@@ -166,6 +166,7 @@ class Engine:
             view = self._view(index, span, logits, x0, raw, masked, feed, any_opening_undecided)
             decision = self._decide(view)
             commit, tokens = decision.commit, decision.tokens
+            self._mark_stuck(masked.any(-1) & ~commit.any(-1))  # nothing allowed is left: never loop
             window = canvas.x[:, start:end]
             canvas.x[:, start:end] = torch.where(commit, tokens, window)
             if decision.end is not None:
@@ -255,14 +256,16 @@ class Engine:
             self._ban(view, rejected & ~stuck[:, None], decision.tokens)
             # stuck rows commit nothing more; the others re-select with the banned pairs removed
             decision.commit = decision.commit & ~row_rejected[:, None]
-            if bool(stuck.any()):
-                self.stuck_now = stuck if getattr(self, "stuck_now", None) is None else self.stuck_now | stuck
+            self._mark_stuck(stuck)
             again = row_rejected & ~stuck
             if not bool(again.any()):
                 return decision
             retry = self._select(view)
             decision.commit = torch.where(again[:, None], retry.commit, decision.commit)
             decision.tokens = torch.where(again[:, None], retry.tokens, decision.tokens)
+
+    def _mark_stuck(self, rows: torch.Tensor) -> None:
+        self.stuck_now = rows if self.stuck_now is None else self.stuck_now | rows
 
     def _select(self, view: StepView) -> Decision:
         """Run the sampler; keep only candidates; guarantee progress (the most confident one if none)."""
@@ -438,8 +441,7 @@ class Engine:
         settled = (first_mask > first_eos) | ~undecided.any(-1)
         window = self._candidates(span)
         broken = (torch.isnan(raw) & masked).any(-1)
-        stuck = getattr(self, "stuck_now", None)
-        stuck = torch.zeros_like(settled) if stuck is None else stuck
+        stuck = torch.zeros_like(settled) if self.stuck_now is None else self.stuck_now & ~settled
         self.stuck_now = None
         status = torch.stack([settled.long(), window.any(-1).long(), window[:, 0].long(),
                               torch.minimum(first_mask, first_eos), broken.long(), stuck.long(),
@@ -451,8 +453,8 @@ class Engine:
             raise DecodeError(f"the model produced non-finite logits at step {self.total_steps} (span {span}) for "
                               f"row(s) {rows}: check the weights, dtype and logit processors")
         for r in self.rows[stuck_now].tolist():
-            self.reasons[r] = (f"stuck: more than {self.settings.max_rejections} filter rejections "
-                               "(no allowed token left to commit)")
+            self.reasons[r] = (f"stuck: filters rejected more than {self.settings.max_rejections} tokens or left "
+                               "no allowed token to commit")
         if self.stops is not None:
             seen = self.stops.seen(x, self.rows, canvas.gen_start, prefix_end)
             for r in self.rows[seen & ~settled_now].tolist():

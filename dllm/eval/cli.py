@@ -8,10 +8,11 @@ hands every argument to lm-eval unchanged.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from ..cli import parse_option, register_command
+from ..cli import add_common_arguments, check_device, parse_option, positive_int, register_command, set_threads
 
 DEFAULT_TASKS = "dllm_arith,dllm_json,dllm_sort"
 
@@ -21,57 +22,63 @@ def _eval_arguments(parser) -> None:
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated lm-eval tasks (default {DEFAULT_TASKS})")
     parser.add_argument("--samplers", default="static,threshold",
                         help="comma-separated sampler specs name[:key=value...], e.g. static,threshold:threshold=0.9")
-    parser.add_argument("--caches", default=None, help="comma-separated caches, e.g. none,dual (default: the family's)")
+    parser.add_argument("--caches", default=None,
+                        help="comma-separated caches name[:key=value...], e.g. none,dual:refresh_every=2 (default: the family's)")
     parser.add_argument("--limit", type=float, default=None, help="first N documents per task (or a fraction < 1)")
-    parser.add_argument("--output", type=Path, default=None, help="results folder (default runs/eval-<model>)")
-    parser.add_argument("--batch-size", type=int, default=32, help="prompts decoded together (and the MC mini-batch)")
-    parser.add_argument("--gen-length", type=int, default=None, help="canvas size (default: the checkpoint's, else 128)")
-    parser.add_argument("--block-length", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="static sampler's steps for the full canvas")
-    parser.add_argument("--mc-num", type=int, default=None, help="Monte-Carlo samples per loglikelihood request (128)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results folder (default runs/eval-<model>); runs with other settings write beside earlier ones")
+    parser.add_argument("--gen-length", type=positive_int, default=None, help="canvas size (default: the checkpoint's, else 128)")
+    parser.add_argument("--block-length", type=positive_int, default=None)
+    parser.add_argument("--steps", type=positive_int, default=None, help="static sampler's steps for the full canvas")
+    parser.add_argument("--mc-num", type=positive_int, default=None, help="Monte-Carlo samples per loglikelihood request (128)")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--num-fewshot", type=int, default=None)
+    parser.add_argument("--num-fewshot", type=int, default=None,
+                        help="few-shot examples (tasks whose config fixes 0 shots, the embedded ones among them, refuse > 0)")
     parser.add_argument("--apply-chat-template", action="store_true")
     parser.add_argument("--log-samples", action="store_true", help="also write per-sample outputs per combination")
-    parser.add_argument("-o", "--model-arg", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
-                        help="any other dllm model arg for every combination, e.g. -o mc_batch_size=16")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_common_arguments(parser, "any other option for every combination: a sampler or cache option (to the "
+                                 "combinations that take it) or a dllm model arg, e.g. -o mc_batch_size=16")
+    parser.add_argument("--model-arg", action="append", type=parse_option, dest="option", metavar="KEY=VALUE",
+                        help=argparse.SUPPRESS)  # the old long name of -o
 
 
 def _eval(args) -> int:
-    from .sweep import Sweep, parse_caches, parse_samplers, run
+    from .sweep import Sweep, check_output, parse_caches, parse_samplers, run
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     model_args = {key: value for key, value in (("gen_length", args.gen_length), ("block_length", args.block_length),
-                                                ("steps", args.steps), ("mc_num", args.mc_num), ("seed", args.seed))
+                                                ("steps", args.steps), ("mc_num", args.mc_num), ("seed", args.seed),
+                                                ("threshold", args.threshold))
                   if value is not None}
-    model_args.update(dict(args.model_arg))
+    model_args.update(dict(args.option or []))
     limit = args.limit
     if limit is not None:
-        if limit <= 0:
+        if not limit > 0:
             raise ValueError(f"--limit {limit:g} must be > 0")
+        if limit >= 1 and not float(limit).is_integer():
+            raise ValueError(f"--limit {limit:g}: give a whole number of documents, or a fraction below 1")
         limit = int(limit) if limit >= 1 else limit
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ValueError(f"--num-fewshot {args.num_fewshot} must be >= 0")
     output = args.output or Path("runs") / f"eval-{Path(str(args.model)).name or 'model'}"
+    check_output(output)
+    device = check_device(args.device)
+    set_threads(args.threads)
     sweep = Sweep(model=str(args.model), tasks=[t.strip() for t in args.tasks.split(",")],
                   samplers=parse_samplers(args.samplers), caches=parse_caches(args.caches), output=output, limit=limit,
                   batch_size=args.batch_size, model_args=model_args, log_samples=args.log_samples,
                   apply_chat_template=args.apply_chat_template, num_fewshot=args.num_fewshot)
-    run(sweep, dtype=args.dtype, device=args.device, progress=not args.no_progress)
+    run(sweep, dtype=args.dtype, device=device, progress=not args.no_progress)
     return 0
 
 
 def run_lm_eval(argv: list[str]) -> int:
-    """lm-eval's command line with ``--model dllm`` and the embedded tasks available."""
+    """lm-eval's command line with ``--model dllm`` and the embedded tasks available. With ``--model dllm``
+    and no ``--batch_size`` the batch size is dllm's one default (32), as in ``dllm eval``."""
     from lm_eval._cli.harness import HarnessCLI
     from lm_eval.utils import setup_logging
 
-    from . import TASKS_DIR, quiet_task_loading, register
+    from . import TASKS_DIR, check_num_fewshot, quiet_lm_eval, quiet_task_loading, register, task_manager
+    from .lm import DEFAULT_BATCH
 
     register()
     quiet_task_loading()
@@ -84,14 +91,29 @@ def run_lm_eval(argv: list[str]) -> int:
         if hasattr(args, "include_path"):
             extra = args.include_path
             args.include_path = [str(TASKS_DIR)] + ([extra] if extra else [])
-        cli.execute(args)
+        if getattr(args, "model", None) == "dllm" and not getattr(args, "config", None) and not hasattr(args, "batch_size"):
+            args.batch_size = str(DEFAULT_BATCH)
+        if getattr(args, "num_fewshot", None):
+            tasks = _task_names(getattr(args, "tasks", None))
+            check_num_fewshot(task_manager(include_defaults=False), [t for t in tasks if t.startswith("dllm_")],
+                              args.num_fewshot, flag="--num_fewshot")
+        with quiet_lm_eval():
+            cli.execute(args)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"dllm lm-eval: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dllm lm-eval: interrupted; lm-eval writes its results at the end, so none were kept", file=sys.stderr)
+        return 130
     finally:
         sys.argv = saved
     return 0
+
+
+def _task_names(tasks) -> list[str]:
+    items = tasks if isinstance(tasks, (list, tuple)) else [tasks] if tasks else []
+    return [name.strip() for item in items for name in str(item).split(",") if name.strip()]
 
 
 register_command("eval", "score samplers x caches on lm-eval tasks (embedded suite by default); resumable",

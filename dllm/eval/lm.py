@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -25,18 +26,22 @@ from tqdm import tqdm
 import dllm
 
 from .likelihood import greedy_matches, mc_loglikelihood, rolling_windows
-from .settings import Canvas, EvalSettings, parse_model_args, plan_canvas, resolve_defaults
+from ..cli import check_device
+from ..stops import cut_at_stops
+from .settings import EvalSettings, RequestCanvas, parse_model_args, plan_canvas, resolve_defaults
 from .speed import SpeedLog, versions
 
 log = logging.getLogger("dllm.eval")
-AUTO_BATCH = 32  # lm-eval's "auto" batch size: dllm has no OOM probing; 32 suits CPU and GPU alike
+#: the one batch rule: 32 prompts decoded together unless told otherwise — in ``dllm eval``, ``dllm lm-eval``,
+#: lm-eval's ``auto`` and this class (dllm has no OOM probing; batching is exact, so only speed changes)
+DEFAULT_BATCH = 32
 
 
 @dataclass(frozen=True)
 class RequestOptions:
     """What makes requests batchable together (with the same task): canvas, stop strings, temperature."""
 
-    canvas: Canvas  # its max_tokens is zeroed: requests differing only in max_gen_toks share batches
+    canvas: RequestCanvas  # its max_tokens is zeroed: requests differing only in max_gen_toks share batches
     until: tuple[str, ...]
     temperature: float
 
@@ -47,12 +52,12 @@ class DiffusionLM(TemplateLM):
 
     backend = "causal"
 
-    def __init__(self, batch_size: int | str = 1, max_batch_size: int | None = None, **model_args) -> None:
+    def __init__(self, batch_size: int | str = DEFAULT_BATCH, max_batch_size: int | None = None, **model_args) -> None:
         super().__init__()
         self.settings: EvalSettings = parse_model_args(model_args)
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        device = _usable_device(self.settings.device)
+        device = check_device(self.settings.device)
         self.accelerator = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             device = self._join_data_parallel(device)
@@ -69,6 +74,8 @@ class DiffusionLM(TemplateLM):
         self.speed = SpeedLog()
         self.decoding: dict = {}
         self._warned: set[str] = set()
+        self.warnings: list[str] = []
+        self.progress = True  # False: no progress bars (dllm eval --no-progress)
 
     # -- lm-eval construction: model_args win over the CLI's defaults (its --device defaults to cuda:0) --
     @classmethod
@@ -155,8 +162,7 @@ class DiffusionLM(TemplateLM):
                 continue
             first_seen.setdefault(id(request), i)
             groups.setdefault((request.task_name, options), []).append(i)
-        bar = tqdm(total=len(requests), desc="dllm generate_until", leave=False,
-                   disable=disable_tqdm or self.rank != 0)
+        bar = tqdm(total=len(requests), desc="dllm generate_until", leave=False, disable=self._quiet(disable_tqdm))
         for (task, options), indices in groups.items():
             prompts = {i: self._prompt_ids(requests[i].args[0], options.canvas.gen_length) for i in indices}
             indices.sort(key=lambda i: -len(prompts[i]))
@@ -190,9 +196,8 @@ class DiffusionLM(TemplateLM):
             temperature = float(temperature)
         else:
             temperature = float(self.settings.temperature)
-        if kwargs and "ignored" not in self._warned:
-            self._warned.add("ignored")
-            log.warning("dllm ignores these generation kwargs: %s", ", ".join(sorted(kwargs)))
+        if kwargs:
+            self._warn_once("ignored", f"dllm ignores these generation kwargs: {', '.join(sorted(kwargs))}")
         canvas = plan_canvas(self.settings, self.model, int(max_gen_toks) if max_gen_toks else None)
         return RequestOptions(replace(canvas, max_tokens=0), until, temperature), canvas.max_tokens
 
@@ -219,12 +224,7 @@ class DiffusionLM(TemplateLM):
         sequence = out.sequences[row]
         if len(sequence) <= limit:
             return out.texts[row], len(sequence)
-        text = self.model.decode(sequence[:limit])
-        for stop in until:
-            index = text.find(stop)
-            if index >= 0:
-                text = text[:index]
-        return text, limit
+        return cut_at_stops(self.model.decode(sequence[:limit]), until), limit
 
     def _record(self, task: str | None, stats, samples: int, tokens: int) -> None:
         speed = self.speed.task(task)
@@ -257,7 +257,7 @@ class DiffusionLM(TemplateLM):
         results = []
         s = self.settings
         for (key, prefix, target), task in tqdm(list(zip(requests, tasks)), desc="dllm loglikelihood", leave=False,
-                                                disable=disable_tqdm or self.rank != 0):
+                                                disable=self._quiet(disable_tqdm)):
             prefix, target = self._fit(prefix, target)
             signature = (tuple(prefix), tuple(target))
             if signature not in memo:
@@ -290,8 +290,7 @@ class DiffusionLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         results = []
-        for request in tqdm(requests, desc="dllm loglikelihood_rolling", leave=False,
-                            disable=disable_tqdm or self.rank != 0):
+        for request in tqdm(requests, desc="dllm loglikelihood_rolling", leave=False, disable=self._quiet(disable_tqdm)):
             (text,) = request.args
             windows = rolling_windows(self.tok_encode(text), self.prefix_token_id, self.max_length - 1)
             pieces = [(None, context, continuation) for context, continuation in windows]
@@ -320,30 +319,26 @@ class DiffusionLM(TemplateLM):
                 "mc_batch_size": self.mc_batch_size,
                 "world_size": self.world_size,
                 "speed": self.speed.merged(),
+                "warnings": list(self.warnings),
             },
         }
 
+    def _quiet(self, disable_tqdm: bool) -> bool:
+        return disable_tqdm or not self.progress or self.rank != 0
+
     def _warn_once(self, key: str, message: str) -> None:
+        """A warning on its own stderr line (above any progress bar), once, and kept in the results JSON."""
         if key not in self._warned:
             self._warned.add(key)
-            log.warning(message)
-
-
-def _usable_device(device) -> str | None:
-    """lm-eval's CLI asks for cuda:0 by default; without CUDA fall back to the CPU (with a warning)."""
-    if device is None:
-        return None
-    device = str(device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        log.info("device %s requested but CUDA is not available: using the CPU", device)
-        return "cpu"
-    return device
+            self.warnings.append(message)
+            log.info(message)
+            tqdm.write(f"dllm: warning: {message}", file=sys.stderr)
 
 
 def _batch_size(value) -> int:
     text = str(value)
     if text.startswith("auto"):
-        return AUTO_BATCH
+        return DEFAULT_BATCH
     try:
         size = int(text)
     except ValueError:

@@ -7,10 +7,11 @@ means a typo fails in one line before any data is loaded, not an hour into a run
 
 from __future__ import annotations
 
-import ast
-import difflib
 import math
 from dataclasses import dataclass, field
+
+from .. import registry
+from ..canvas_defaults import default_block_length, default_gen_length
 
 LOAD_KEYS = ("pretrained", "dtype", "device", "threads")
 DECODE_KEYS = ("sampler", "cache", "gen_length", "block_length", "steps", "temperature", "cfg_scale", "seed",
@@ -18,21 +19,7 @@ DECODE_KEYS = ("sampler", "cache", "gen_length", "block_length", "steps", "tempe
 LIKELIHOOD_KEYS = ("mc_num", "mc_batch_size", "greedy_check", "max_length")
 IGNORED_KEYS = ("trust_remote_code",)  # lm-eval adds it for HF models; dllm never runs checkpoint code
 
-
-def coerce(value):
-    """A model-arg value as Python: numbers, booleans and None from their text, other strings unchanged."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+coerce = registry.parse_literal  # the one text-to-value parser (kept under this name for dllm.eval.ranges)
 
 
 @dataclass
@@ -68,25 +55,26 @@ class EvalSettings:
 
 
 def parse_model_args(args: dict) -> EvalSettings:
-    """Split lm-eval model args into an :class:`EvalSettings`; unknown keys get a one-line error."""
+    """Split lm-eval model args into an :class:`EvalSettings`: values converted to the types of its fields
+    (and of the sampler's / cache's option fields); unknown keys and wrong types get a one-line error."""
     from dllm import caches, samplers
 
-    values = {k: coerce(v) for k, v in args.items() if k not in IGNORED_KEYS}
-    if "cache" in values and values["cache"] is None:  # lm-eval reads "cache=none" as None: the cache named none
-        values["cache"] = "none"
-    settings = EvalSettings()
-    for key in LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS:
-        if key in values:
-            setattr(settings, key, values.pop(key))
+    values = {k: v for k, v in args.items() if k not in IGNORED_KEYS}
+    cache = values.pop("cache", None)
+    if isinstance(cache, str) and cache.strip().lower() == "none" or ("cache" in args and cache is None):
+        cache = "none"  # lm-eval reads "cache=none" as None: the cache named none
+    own = {k: values.pop(k) for k in LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS if k in values}
+    settings = EvalSettings(**registry.coerce_options(EvalSettings, own, "dllm model args"))
+    if cache is not None:
+        if not isinstance(cache, str):
+            raise ValueError(f"model arg cache={cache!r} is not a cache name; available: {', '.join(caches.available())}")
+        registry.lookup({n: n for n in caches.available()}, "cache", cache)
+        settings.cache = cache
     if not isinstance(settings.sampler, str) or not settings.sampler:
         raise ValueError(f"model arg sampler={settings.sampler!r} is not a sampler name; available: "
                          f"{', '.join(samplers.available())}")
     sampler_names = samplers.option_names(settings.sampler)  # unknown sampler -> one-line ValueError
     cache_names = caches.option_names(settings.cache) if settings.cache else sorted(caches.base.all_option_names())
-    if settings.cache and settings.cache not in caches.available():
-        hint = difflib.get_close_matches(str(settings.cache), caches.available(), n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ValueError(f"unknown cache '{settings.cache}'{suggestion}; available: {', '.join(caches.available())}")
     for key, value in values.items():
         if key in sampler_names:
             settings.sampler_options[key] = value
@@ -94,31 +82,35 @@ def parse_model_args(args: dict) -> EvalSettings:
             settings.cache_options[key] = value
         else:
             raise ValueError(_unknown_key(key, settings.sampler, sampler_names, settings.cache, cache_names))
-    samplers.build(settings.sampler, settings.sampler_options)  # option values: one-line errors now
+    built = samplers.build(settings.sampler, settings.sampler_options)  # option values: one-line errors now
+    for key, value in settings.cache_options.items():  # typed now; resolve_defaults checks them against the cache
+        name = settings.cache or next(n for n in caches.available() if key in caches.option_names(n))
+        settings.cache_options[key] = registry.check_options("cache", name, {key: value})[key]
+    settings.sampler_options = {k: getattr(built, k) for k in settings.sampler_options}  # as typed values
     _check_numbers(settings)
     return settings
 
 
 def _unknown_key(key, sampler, sampler_names, cache, cache_names) -> str:
     known = list(LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS) + sampler_names + cache_names
-    hint = difflib.get_close_matches(key, known, n=1)
-    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-    return (f"unknown model arg '{key}'{suggestion}; dllm takes {', '.join(LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS)}, "
+    return (f"unknown model arg '{key}'{registry.did_you_mean(key, known)}; dllm takes "
+            f"{', '.join(LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS)}, "
             f"sampler '{sampler}' options: {', '.join(sampler_names) or 'none'}, "
             f"cache{' ' + repr(cache) if cache else ''} options: {', '.join(cache_names) or 'none'}")
 
 
 def _check_numbers(s: EvalSettings) -> None:
+    """Ranges (the types were checked against the fields already)."""
     for key in ("gen_length", "block_length", "steps", "mc_num", "mc_batch_size", "max_length", "threads"):
         value = getattr(s, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        if value is not None and value < 1:
             raise ValueError(f"model arg {key}={value!r} must be a positive integer")
     for key in ("temperature", "cfg_scale"):
         value = getattr(s, key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        if value < 0:
             raise ValueError(f"model arg {key}={value!r} must be a number >= 0")
-    if s.seed is not None and (not isinstance(s.seed, int) or isinstance(s.seed, bool)):
-        raise ValueError(f"model arg seed={s.seed!r} must be an integer")
+    if s.mc_num < 1:
+        raise ValueError(f"model arg mc_num={s.mc_num!r} must be a positive integer")
     if s.mc_batch_size is not None and s.mc_num % s.mc_batch_size:
         raise ValueError(f"mc_num={s.mc_num} is not a multiple of mc_batch_size={s.mc_batch_size}: "
                          f"use e.g. mc_batch_size={math.gcd(s.mc_num, s.mc_batch_size)}")
@@ -126,7 +118,7 @@ def _check_numbers(s: EvalSettings) -> None:
 
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Canvas:
+class RequestCanvas:
     """How one request decodes: canvas size, block length and step budget handed to ``dllm.generate``."""
 
     gen_length: int
@@ -136,25 +128,21 @@ class Canvas:
 
 
 def resolve_defaults(settings: EvalSettings, model) -> None:
-    """Fill gen_length / block_length from the checkpoint (else 128 / dllm's own rule) and validate them
+    """Fill gen_length / block_length by :mod:`dllm.canvas_defaults` (the checkpoint's, else 128 / its block rule) and validate them
     against the model's attention pattern and the cache, so errors show before any request runs."""
     from dllm import caches
 
-    defaults = model.canvas_defaults
     if settings.gen_length is None:
-        settings.gen_length = defaults.get("gen_length", 128)
+        settings.gen_length = default_gen_length(model)
     full = model.attention != "block_causal"
     if settings.block_length is None and full:
-        block = defaults.get("block_length")
-        if block and settings.gen_length % block == 0:
-            settings.block_length = block
-        else:
-            settings.block_length = 32 if settings.gen_length % 32 == 0 else settings.gen_length
+        settings.block_length = default_block_length(model, settings.gen_length)
     if full and settings.gen_length % settings.block_length:
         raise ValueError(f"gen_length={settings.gen_length} is not a multiple of block_length={settings.block_length}: "
                          f"use a block_length that divides gen_length")
     cache = settings.cache or ("block" if not full else "none")
-    caches.build(cache, model.attention, model.family, dict(settings.cache_options))
+    built = caches.build(cache, model.attention, model.family, dict(settings.cache_options))
+    settings.cache_options = {k: getattr(built, k) for k in settings.cache_options}  # as typed values
     if settings.steps is not None:
         blocks = _num_blocks(settings, model, settings.gen_length)
         if settings.steps % blocks:
@@ -162,7 +150,7 @@ def resolve_defaults(settings: EvalSettings, model) -> None:
                              f"use e.g. steps={blocks * max(1, settings.steps // blocks)}")
 
 
-def plan_canvas(settings: EvalSettings, model, max_gen_toks: int | None) -> Canvas:
+def plan_canvas(settings: EvalSettings, model, max_gen_toks: int | None) -> RequestCanvas:
     """The canvas for a request capped at ``max_gen_toks``: the smallest whole number of blocks covering
     min(gen_length, max_gen_toks) (full attention; block-causal models take it as is), with ``steps``
     scaled in proportion so a static sampler keeps its tokens-per-step."""
@@ -174,7 +162,7 @@ def plan_canvas(settings: EvalSettings, model, max_gen_toks: int | None) -> Canv
         blocks = _num_blocks(settings, model, length)
         per_block = max(1, round(settings.steps * length / settings.gen_length / blocks))
         steps = per_block * blocks
-    return Canvas(gen_length=length, block_length=settings.block_length, steps=steps, max_tokens=want)
+    return RequestCanvas(gen_length=length, block_length=settings.block_length, steps=steps, max_tokens=want)
 
 
 def _num_blocks(settings: EvalSettings, model, length: int) -> int:

@@ -1,13 +1,16 @@
 """``dllm eval``: every (sampler, cache) combination through lm-eval, one table, resumable.
 
-Each finished combination is written at once (temp file, then rename) as ``<sampler>__<cache>.json`` with
-the run's settings inside; a rerun with the same settings loads it instead of recomputing, so an
-interrupted sweep loses at most the combination in flight.
+Each finished combination is written at once (temp file, then rename) as
+``<sampler spec>__<cache spec>__<digest>.json``, where the digest is taken over every setting that decides
+the result (model and checkpoint files, tasks, limit, sampler and cache options, model args, batch size,
+few-shot, chat template, dllm version); the settings themselves are inside. A rerun with identical
+settings loads the file instead of recomputing (an interrupted sweep loses at most the combination in
+flight); a run with other settings writes beside it. A finished result is never replaced.
 """
 
 from __future__ import annotations
 
-import difflib
+import hashlib
 import json
 import os
 import re
@@ -16,16 +19,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import DECODE_KEYS, coerce
+from .. import registry
+from .settings import DECODE_KEYS, LIKELIHOOD_KEYS, LOAD_KEYS
 
 SPEC_HELP = "name[:key=value[:key=value...]], comma-separated, e.g. static,threshold:threshold=0.9"
 SPEC_DECODE_KEYS = tuple(k for k in DECODE_KEYS if k not in ("sampler", "cache"))
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+DLLM_KEYS = LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One ``--samplers`` entry: a sampler name and its options, as typed."""
+    """One ``--samplers`` entry: a sampler name and its options (values as the option types make them)."""
 
     name: str
     options: tuple[tuple[str, object], ...] = ()
@@ -33,46 +37,67 @@ class SamplerSpec:
 
     @property
     def slug(self) -> str:
-        parts = [self.name] + [f"{k}-{v}" for k, v in self.options]
-        return re.sub(r"[^A-Za-z0-9_.\-]", "_", "_".join(parts))
+        return _slug(self.name, self.options)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One ``--caches`` entry (``dual``, ``dual:refresh_every=2``)."""
+
+    name: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def text(self) -> str:
+        return spec_text(self.name, self.options)
+
+    @property
+    def slug(self) -> str:
+        return _slug(self.name, self.options)
+
+
+def spec_text(name: str, options) -> str:
+    return ":".join([name] + [f"{k}={v}" for k, v in options])
+
+
+def _slug(name: str, options) -> str:
+    parts = [name] + [f"{k}-{v}" for k, v in options]
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", "_".join(parts))
+
+
+def _entry(entry: str, flag: str) -> tuple[str, list[tuple[str, object]]]:
+    return registry.parse_spec(entry, flag, example="static,threshold:threshold=0.9" if flag == "--samplers"
+                               else "none,dual:refresh_every=2")
 
 
 def parse_samplers(text: str) -> list[SamplerSpec]:
-    """Parse ``--samplers``; a malformed entry, unknown sampler or option fails in one line. Besides the
-    sampler's own options an entry may set decoding args (``static:steps=24`` = 2 tokens per step on a
-    48-token canvas)."""
+    """Parse ``--samplers``; a malformed entry, unknown sampler or option, or a value of the wrong type fails
+    in one line. Besides the sampler's own options an entry may set decoding args (``static:steps=24`` = 2
+    tokens per step on a 48-token canvas)."""
     from dllm import samplers
 
     specs = []
     for entry in _split(text, "--samplers"):
-        name, *pairs = entry.split(":")
-        if not _NAME.match(name):
-            raise ValueError(f"malformed --samplers entry '{entry}': expected {SPEC_HELP}")
-        options = []
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not _NAME.match(key) or value == "":
-                raise ValueError(f"malformed --samplers entry '{entry}' at '{pair}': expected {SPEC_HELP}")
-            options.append((key, coerce(value)))
+        name, options = _entry(entry, "--samplers")
         own = {k: v for k, v in options if k not in SPEC_DECODE_KEYS}
-        samplers.build(name, own)  # unknown sampler / option / bad value: one-line ValueError
-        specs.append(SamplerSpec(name, tuple(options), entry))
+        built = samplers.build(name, own)  # unknown sampler / option / bad value: one-line ValueError
+        typed = tuple((k, getattr(built, k) if k in own else v) for k, v in options)
+        specs.append(SamplerSpec(name, typed, entry))
     return specs
 
 
-def parse_caches(text: str | None) -> list[str | None]:
-    """Parse ``--caches`` (None: the family's default cache)."""
-    from dllm import caches
+def parse_caches(text: str | None) -> list[CacheSpec | None]:
+    """Parse ``--caches`` (None: the family's default cache); entries take options, ``dual:refresh_every=2``."""
+    from dllm import caches  # noqa: F401  (fills the cache registry)
 
     if text is None:
         return [None]
-    names = _split(text, "--caches")
-    for name in names:
-        if name not in caches.available():
-            hint = difflib.get_close_matches(name, caches.available(), n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ValueError(f"unknown cache '{name}' in --caches{suggestion}; available: {', '.join(caches.available())}")
-    return names
+    specs = []
+    for entry in _split(text, "--caches"):
+        name, options = _entry(entry, "--caches")
+        typed = registry.check_options("cache", name, dict(options), where=" in --caches")
+        specs.append(CacheSpec(name, tuple(typed.items())))
+    return specs
 
 
 def parse_tasks(text: str, manager) -> list[str]:
@@ -80,10 +105,9 @@ def parse_tasks(text: str, manager) -> list[str]:
     tasks = _split(text, "--tasks")
     for task in tasks:
         if task not in manager.all_tasks:
-            hint = difflib.get_close_matches(task, manager.all_tasks, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ValueError(f"unknown task '{task}'{suggestion}; the embedded tasks are: "
-                             f"{', '.join(t for t in manager.all_tasks if t.startswith('dllm_'))}")
+            embedded = ", ".join(t for t in manager.all_tasks if t.startswith("dllm_"))
+            raise ValueError(f"unknown task '{task}'{registry.did_you_mean(task, manager.all_tasks)}; "
+                             f"the embedded tasks are: {embedded}")
     return tasks
 
 
@@ -97,12 +121,13 @@ def _split(text: str, flag: str) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class Sweep:
-    """What ``dllm eval`` runs; ``model_args`` are extra ``dllm`` model args shared by every combination."""
+    """What ``dllm eval`` runs; ``model_args`` are extra ``dllm`` options shared by every combination (a
+    sampler or cache option among them goes to the combinations whose sampler / cache takes it)."""
 
     model: str
     tasks: list[str]
     samplers: list[SamplerSpec]
-    caches: list[str | None]
+    caches: list[CacheSpec | None]
     output: Path
     limit: float | None = None
     batch_size: int = 32
@@ -112,54 +137,153 @@ class Sweep:
     num_fewshot: int | None = None
     checkpoint: dict = field(default_factory=dict)  # filled once the model is loaded: what was evaluated
 
-    def run_key(self, spec: SamplerSpec, cache: str) -> dict:
+    def effective(self, spec: SamplerSpec, cache: CacheSpec) -> tuple[dict, dict, dict]:
+        """One combination's (sampler options, cache options, other dllm model args): the spec's own options
+        first, then the shared ones (``-o``, ``--threshold``, ``--steps`` ...) that this sampler / cache takes."""
+        from dllm import caches, samplers
+
+        own_sampler, own_cache = samplers.option_names(spec.name), caches.option_names(cache.name)
+        sampler_options, cache_options = dict(spec.options), dict(cache.options)
+        other = {}
+        for key, value in self.model_args.items():
+            if key in sampler_options or key in cache_options:
+                continue  # the entry's own value wins
+            if key in own_sampler:
+                sampler_options[key] = value
+            elif key in own_cache:
+                cache_options[key] = value
+            elif key in DLLM_KEYS:
+                other[key] = value
+        return sampler_options, cache_options, other
+
+    def combination_args(self, spec: SamplerSpec, cache: CacheSpec) -> dict:
+        """The dllm model args of one combination (without ``pretrained``)."""
+        sampler_options, cache_options, other = self.effective(spec, cache)
+        return {**other, **cache_options, **sampler_options, "sampler": spec.name, "cache": cache.name}
+
+    def labels(self, spec: SamplerSpec, cache: CacheSpec) -> tuple[str, str]:
+        """The table's sampler and cache columns: the entries as typed plus the shared options they take."""
+        sampler_options, cache_options, _ = self.effective(spec, cache)
+        extra = [(k, v) for k, v in sampler_options.items() if k not in dict(spec.options)]
+        return spec.text + "".join(f":{k}={v}" for k, v in extra), spec_text(cache.name, cache_options.items())
+
+    def run_key(self, spec: SamplerSpec, cache: CacheSpec) -> dict:
         """Everything that determines a combination's result: a saved file counts only if this matches."""
         import dllm
 
-        return {"model": self.model, "tasks": self.tasks, "limit": self.limit, "sampler": spec.name,
-                "sampler_options": dict(spec.options), "cache": cache, "model_args": self.model_args,
-                "batch_size": self.batch_size, "apply_chat_template": self.apply_chat_template,
-                "num_fewshot": self.num_fewshot, "checkpoint": self.checkpoint, "dllm": dllm.__version__}
+        sampler_options, cache_options, other = self.effective(spec, cache)
+        key = {"model": self.model, "tasks": self.tasks, "limit": self.limit, "sampler": spec.name,
+               "sampler_options": sampler_options, "cache": cache.name, "cache_options": cache_options,
+               "model_args": other, "batch_size": self.batch_size, "apply_chat_template": self.apply_chat_template,
+               "num_fewshot": self.num_fewshot, "checkpoint": self.checkpoint, "dllm": dllm.__version__}
+        return json.loads(json.dumps(key, default=str))
+
+    def path(self, spec: SamplerSpec, cache: CacheSpec) -> Path:
+        """``<sampler>__<cache>__<digest of run_key>.json``: readable, and distinct for distinct settings."""
+        sampler_options, cache_options, _ = self.effective(spec, cache)
+        digest = hashlib.sha256(json.dumps(self.run_key(spec, cache), sort_keys=True).encode()).hexdigest()[:10]
+        return self.output / f"{_slug(spec.name, sampler_options.items())}__{_slug(cache.name, cache_options.items())}__{digest}.json"
+
+
+def check_output(output: Path) -> None:
+    """``--output`` must be a folder this process can create and write: checked before anything loads."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file: give a folder for the results")
+    ancestor = output
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--output {output} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output} is not writable ({ancestor} does not allow writing): pick another folder")
+
+
+def _prepare_output(output: Path) -> None:
+    """Create the results folder and prove it takes a file, removing what it created if not."""
+    created = [p for p in [output, *output.parents] if not p.exists()]
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".dllm-write-check.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        raise ValueError(f"--output {output} is not writable: {exc.strerror or exc}") from None
 
 
 def run(sweep: Sweep, dtype=None, device=None, progress: bool = True, out=print) -> list[dict]:
-    """Run the missing combinations, print the table, return its rows."""
+    """Run the missing combinations, print the table, return its rows. Every check (tasks, caches, model
+    args, the output folder) runs before the first combination; the output folder is created only then."""
     import dllm
 
-    from . import task_manager
+    from . import check_num_fewshot, quiet_lm_eval, task_manager
+    from ..cli import Interrupted
 
+    check_output(sweep.output)
     manager = task_manager(include_defaults=False)  # the embedded suite alone indexes in milliseconds
     if any(task not in manager.all_tasks for task in sweep.tasks):
         manager = task_manager()
     parse_tasks(",".join(sweep.tasks), manager)
+    check_num_fewshot(manager, sweep.tasks, sweep.num_fewshot)
     model = dllm.load(sweep.model, dtype=dtype, device=device)
     sweep.checkpoint = fingerprint(model)
-    caches = [cache or ("block" if model.attention == "block_causal" else "none") for cache in sweep.caches]
+    default = "block" if model.attention == "block_causal" else "none"
+    caches = [cache or CacheSpec(default) for cache in sweep.caches]
     for cache in dict.fromkeys(caches):
-        dllm.caches.build(cache, model.attention, model.family, {})  # a cache that does not fit: fail now
-    sweep.output.mkdir(parents=True, exist_ok=True)
-    combos = [(spec, cache) for spec in sweep.samplers for cache in caches]
+        dllm.caches.build(cache.name, model.attention, model.family, dict(cache.options))  # must fit: fail now
+    combos = list(dict.fromkeys((spec, cache) for spec in sweep.samplers for cache in caches))
     results = {}
     todo = []
     for spec, cache in combos:
-        saved = _load_finished(_path(sweep, spec, cache), sweep.run_key(spec, cache))
+        saved = _load_finished(sweep.path(spec, cache), sweep.run_key(spec, cache))
         if saved is not None:
             results[(spec, cache)] = saved
         else:
             todo.append((spec, cache))
-    models = {combo: _lm(sweep, model, *combo) for combo in todo}  # bad settings fail before any run
+    _check_shared(sweep, combos)
+    models = {combo: _lm(sweep, model, *combo, progress=progress) for combo in todo}  # bad settings fail now
+    _prepare_output(sweep.output)
     bar = _bar(len(combos), len(combos) - len(todo), progress)
-    for spec, cache in todo:
-        bar.set_postfix_str(f"{spec.text} / {cache}")
-        results[(spec, cache)] = _run_one(sweep, models[(spec, cache)], manager, spec, cache)
-        bar.update(1)
+    try:
+        with quiet_lm_eval(progress):
+            for spec, cache in todo:
+                bar.set_postfix_str(" / ".join(sweep.labels(spec, cache)))
+                results[(spec, cache)] = _run_one(sweep, models[(spec, cache)], manager, spec, cache)
+                bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        kept = len(results)
+        raise Interrupted(f"interrupted: {kept} of {len(combos)} combination(s) finished and kept in {sweep.output} "
+                          f"(rerun the same command to resume; the one in flight is lost)") from None
     bar.close()
-    rows = [row for spec, cache in combos for row in table_rows(results[(spec, cache)], spec, cache)]
+    rows = [row for spec, cache in combos for row in table_rows(results[(spec, cache)], *sweep.labels(spec, cache))]
     text = markdown(rows)
     (sweep.output / "table.md").write_text(text + "\n")
     out(text)
     out(f"\nresults: {sweep.output}")
     return rows
+
+
+def _check_shared(sweep: Sweep, combos) -> None:
+    """A shared option that no combination takes is a typo, not something to drop silently."""
+    from dllm import caches, samplers
+
+    known = set(DLLM_KEYS)
+    for spec, cache in combos:
+        own_sampler, own_cache = samplers.option_names(spec.name), caches.option_names(cache.name)
+        known |= set(own_sampler) | set(own_cache)
+        # a bad shared value is an error even where an entry's own value overrides it
+        samplers.build(spec.name, {k: v for k, v in sweep.model_args.items() if k in own_sampler})
+        registry.check_options("cache", cache.name, {k: v for k, v in sweep.model_args.items() if k in own_cache})
+    for key in sweep.model_args:
+        if key not in known:
+            raise ValueError(f"unknown option '{key}' in -o{registry.did_you_mean(key, sorted(known))}: no sampler or "
+                             f"cache of this sweep takes it, and it is not a dllm model arg ({', '.join(sorted(known))})")
 
 
 def fingerprint(model) -> dict:
@@ -170,14 +294,15 @@ def fingerprint(model) -> dict:
     return {"path": str(model.path.resolve()), "files": files, "dtype": str(model.dtype), "device": str(model.device)}
 
 
-def _lm(sweep: Sweep, model, spec: SamplerSpec, cache: str):
+def _lm(sweep: Sweep, model, spec: SamplerSpec, cache: CacheSpec, progress: bool = True):
     from .lm import DiffusionLM
 
-    args = {**sweep.model_args, **dict(spec.options), "sampler": spec.name, "cache": cache}
-    return DiffusionLM(pretrained=model, batch_size=sweep.batch_size, **args)
+    lm = DiffusionLM(pretrained=model, batch_size=sweep.batch_size, **sweep.combination_args(spec, cache))
+    lm.progress = progress
+    return lm
 
 
-def _run_one(sweep: Sweep, lm, manager, spec: SamplerSpec, cache: str) -> dict:
+def _run_one(sweep: Sweep, lm, manager, spec: SamplerSpec, cache: CacheSpec) -> dict:
     import lm_eval
 
     started = time.perf_counter()
@@ -185,17 +310,14 @@ def _run_one(sweep: Sweep, lm, manager, spec: SamplerSpec, cache: str) -> dict:
                                       batch_size=sweep.batch_size, log_samples=sweep.log_samples,
                                       apply_chat_template=sweep.apply_chat_template, num_fewshot=sweep.num_fewshot)
     samples = results.pop("samples", None)
-    results["dllm_eval"] = {"run": sweep.run_key(spec, cache), "sampler_spec": spec.text,
-                            "wall_seconds": time.perf_counter() - started}
-    path = _path(sweep, spec, cache)
+    sampler_label, cache_label = sweep.labels(spec, cache)
+    results["dllm_eval"] = {"run": sweep.run_key(spec, cache), "sampler_spec": spec.text, "sampler_label": sampler_label,
+                            "cache_label": cache_label, "wall_seconds": time.perf_counter() - started}
+    path = sweep.path(spec, cache)
     if samples is not None:
         _write_atomic(path.with_name(path.stem + ".samples.json"), samples)
     _write_atomic(path, results)  # last: its presence marks the combination finished
     return json.loads(json.dumps(results, default=str))
-
-
-def _path(sweep: Sweep, spec: SamplerSpec, cache: str) -> Path:
-    return sweep.output / f"{spec.slug}__{cache}.json"
 
 
 def _load_finished(path: Path, key: dict) -> dict | None:
@@ -203,13 +325,17 @@ def _load_finished(path: Path, key: dict) -> dict | None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return saved if saved.get("dllm_eval", {}).get("run") == json.loads(json.dumps(key, default=str)) else None
+    return saved if saved.get("dllm_eval", {}).get("run") == key else None
 
 
 def _write_atomic(path: Path, data) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-    os.replace(temp, path)
+    try:
+        temp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
 
 
 def _bar(total: int, done: int, enabled: bool):
@@ -223,8 +349,10 @@ def _bar(total: int, done: int, enabled: bool):
 PRIMARY_METRICS = ("exact_match", "acc", "field_accuracy", "valid_json", "acc_norm")
 
 
-def table_rows(results: dict, spec: SamplerSpec, cache: str) -> list[dict]:
-    """One row per task of a combination's results JSON: its main score and the speed columns."""
+def table_rows(results: dict, spec: SamplerSpec | str, cache: str) -> list[dict]:
+    """One row per task of a combination's results JSON: its main score and the speed columns (``spec``:
+    a :class:`SamplerSpec` or the sampler column's text; ``cache``: the cache column's text)."""
+    sampler = spec.text if isinstance(spec, SamplerSpec) else str(spec)
     speed = results.get("config", {}).get("dllm", {}).get("speed", {})
     rows = []
     for task, metrics in results.get("results", {}).items():
@@ -233,7 +361,7 @@ def table_rows(results: dict, spec: SamplerSpec, cache: str) -> list[dict]:
         docs = results.get("n-samples", {}).get(task, {}).get("effective") or stats.get("samples") or 0
         forwards = stats.get("forwards", 0) + stats.get("ll_forwards", 0)
         seconds = stats.get("seconds", 0.0) + stats.get("ll_seconds", 0.0)
-        rows.append({"task": task, "sampler": spec.text, "cache": cache, "metric": metric, "score": score,
+        rows.append({"task": task, "sampler": sampler, "cache": cache, "metric": metric, "score": score,
                      "nfe_per_sample": forwards / docs if docs else None,
                      "tpf": stats.get("tpf") if stats.get("tokens") else None,
                      "tokens_per_second": stats.get("tokens_per_second") if stats.get("tokens") else None,
