@@ -121,6 +121,10 @@ def _generate_arguments(parser):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     parser.add_argument("--chat", action="store_true", help="wrap prompts in the checkpoint's chat template")
+    parser.add_argument("--modifiers", default=None, help="comma-separated ranking modifiers, e.g. eoser "
+                        "(their options with -o, e.g. -o gamma_min=0.01)")
+    parser.add_argument("--stream", action="store_true",
+                        help="show the canvas filling in, one line per step on stderr (MASK shown as _)")
     add_common_arguments(parser, "any other sampler, cache or decoding option, e.g. -o factor=1.0 -o refresh_every=4")
 
 
@@ -138,6 +142,8 @@ def decoding_kwargs(args, model) -> dict:
         kwargs.update(options)
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
+    if args.modifiers:
+        kwargs["modifiers"] = [m.strip() for m in args.modifiers.split(",") if m.strip()]
     kwargs.update(dict(args.option))
     if kwargs["gen_length"] is None:
         kwargs["gen_length"] = default_gen_length(model)
@@ -172,7 +178,7 @@ def _generate(args) -> int:
     done, out = 0, None
     try:
         for batch in batches:
-            out = dllm.generate(model, batch, **kwargs)
+            out = streamed(model, batch, kwargs) if args.stream else dllm.generate(model, batch, **kwargs)
             for prompt, text, tokens, nfe in zip(batch, out.texts, out.stats.row_tokens, out.stats.row_nfe):
                 if args.json:
                     print(json.dumps({"prompt": prompt, "text": text, "tokens": tokens, "nfe": nfe}))
@@ -197,6 +203,23 @@ def _generate(args) -> int:
           f"{totals['seconds']:.2f}s, {speed:.1f} tok/s, sampler {out.stats.sampler['sampler']}, "
           f"cache {out.stats.cache['cache']}", file=sys.stderr)
     return 0
+
+
+def streamed(model, prompts: list[str], kwargs: dict):
+    """Decode through ``dllm.stream``, printing each row's canvas after every step to stderr."""
+    import dllm
+
+    run = dllm.stream(model, prompts, **kwargs)
+    canvases: dict[int, list[int]] = {}
+    for event in run:
+        for row, commits in event.commits.items():
+            canvas = canvases.setdefault(row, [model.mask_id] * kwargs["gen_length"])
+            for position, token in commits:
+                canvas[position] = token
+        for row in sorted(event.commits):
+            shown = "".join("_" if t == model.mask_id else model.decode([t]) for t in canvases[row])
+            print(f"[step {event.step:>3} NFE {event.nfe:>3}] row {row}: {shown!r}", file=sys.stderr)
+    return run.result
 
 
 register_command("generate", "decode prompts and print texts with speed statistics", _generate_arguments, _generate)

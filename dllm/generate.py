@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Iterator, Sequence
 
@@ -12,8 +13,10 @@ from .engine.canvas import build_canvas
 from .engine.events import StepEvent
 from .engine.loop import DecodeSettings, Engine, LogitProcessor  # noqa: F401  (LogitProcessor: public type)
 from .engine.proposals import CONFIDENCES
+from .canvas_defaults import default_block_length, default_gen_length
 from .engine.result import Generation
 from .models.model import Model
+from .stops import cut_at_stops, normalize_stops
 
 Prompt = str | Sequence[int]
 
@@ -42,6 +45,14 @@ def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Gene
     * ``confidence``: ``"prob"`` (default), ``"margin"`` or ``"entropy"`` — what samplers rank by.
     * ``chat`` / ``system``: wrap string prompts in the checkpoint's chat template, with a system turn.
     * ``return_trajectory``: also record every step's commits (``out.trajectory``).
+    * ``grammar``: constrain the output to a grammar — ``"json"``, a ``.lark`` path, Lark text, or a JSON Schema
+      dict (no scaffold); every committed token keeps the output completable (filter ``grammar``,
+      ``dllm/filters/grammar.py``); rows left with no allowed token end as ``"stuck"`` with a completion in
+      ``out.stats.witnesses[row]``. ``schema``: a JSON Schema (dict or path to a ``.json`` file): the grammar
+      of its valid instances *and* a scaffold of its skeleton (``slot_length`` sizes the value slots).
+      ``template``: text with ``<mask:N>`` slots (one string, or one per prompt) laid into the output region
+      (``dllm/grammars/scaffold.py``); the output ends where it ends. Without ``gen_length`` the canvas is the
+      template rounded up to whole blocks. ``stats.tokens`` counts only what the model wrote, not fixed text.
     """
     engine, canvas, request = prepare(model, prompts, **kwargs)
     engine.run(canvas)
@@ -72,7 +83,7 @@ class Stream:
 _DEFAULTS = dict(sampler="static", cache=None, gen_length=None, block_length=None, steps=None, temperature=0.0,
                  cfg_scale=0.0, seed=None, stop=None, chat=False, system=None, return_trajectory=False,
                  confidence="prob", ar_first=None, eos_ids=None, processors=(), modifiers=(), filters=(),
-                 max_rejections=100)
+                 max_rejections=100, eotp=None, grammar=None, schema=None, template=None, slot_length=None)
 
 
 def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"]:
@@ -82,19 +93,26 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     args = {**_DEFAULTS, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULTS}}
     options = kwargs
     prompt_ids = _encode_prompts(model, prompts, args["chat"], args["system"])
-    defaults = model.canvas_defaults
-    gen_length = args["gen_length"] if args["gen_length"] is not None else defaults.get("gen_length", 128)
+    grammar, templates = _structure(model, args, len(prompt_ids))
+    gen_length = args["gen_length"] if args["gen_length"] is not None else default_gen_length(model)
+    if templates is not None and args["gen_length"] is None:  # the template, rounded up to whole blocks
+        block = args["block_length"] or (model.block_size if model.attention == "block_causal" else None) \
+            or model.canvas_defaults.get("block_length") or 32
+        gen_length = -(-max(len(t) for t in templates) // block) * block
     if isinstance(gen_length, bool) or not isinstance(gen_length, int) or gen_length < 1:
         raise ValueError(f"gen_length must be a positive integer (got {gen_length!r})")
     block_length = args["block_length"]
-    if block_length is None and args["gen_length"] is None:
-        block_length = defaults.get("block_length")
     block_causal = model.attention == "block_causal"
     cache_name = args["cache"] or ("block" if block_causal else "none")
     cache_options = {k: options.pop(k) for k in list(options) if k in caches.base.all_option_names()}
     cache_obj = caches.build(cache_name, model.attention, model.family, cache_options)
     modifier_objs = _plugins(modifiers, args["modifiers"], options)
     filter_objs = _plugins(filters, args["filters"], options)
+    grammar_filter = None
+    if grammar is not None:
+        mine = {k: options.pop(k) for k in ("grammar_backend", "open_end") if k in options}
+        grammar_filter = filters.build("grammar", {"grammar": grammar, **mine})
+        filter_objs.append(grammar_filter)  # after the user's filters: it checks what they let through
     sampler_obj = samplers.build(args["sampler"], options)
 
     block_length = _block_length(model, gen_length, block_length, cache_options.get("sub_block"))
@@ -122,15 +140,15 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     _check_context(model, prompt_ids, gen_length)
 
     stop = args["stop"]
-    stop_strings = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in stop_strings):
-        raise ValueError("stop strings must be non-empty strings (an empty one would end every output at once)")
+    stop_strings = normalize_stops(stop)
     eos = tuple(int(i) for i in (args["eos_ids"] if args["eos_ids"] is not None else model.eos_ids))
     ar_first = args["ar_first"]
     if ar_first is None:
         ar_first = model.logit_shift and block_causal
     if ar_first:
         filter_objs = [filters.build("ar_opening")] + filter_objs
+    if args["eotp"]:  # End-of-Text prediction: last, so it sees every other filter's commits
+        filter_objs = filter_objs + [filters.build("eotp", {"mode": "committed" if args["eotp"] is True else args["eotp"]})]
     generators = None
     if temperature > 0 or sampler_obj.needs_generator:
         generators = _generators(args["seed"], len(prompt_ids), model.device)
@@ -140,16 +158,82 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     if isinstance(max_rejections, bool) or not isinstance(max_rejections, int) or max_rejections < 0:
         raise ValueError(f"max_rejections must be an integer >= 0 (got {max_rejections!r})")
 
+    fixed = None if templates is None else _fixed_cells(templates, gen_length, model.mask_id, eos)
     canvas = build_canvas(prompt_ids, gen_length, block_length, mask_id=model.mask_id, pad_id=model.pad_id,
                           block_size=model.block_size if block_causal else None, device=model.device,
-                          span_lengths=layout)
+                          span_lengths=layout, fixed=fixed)
+    processors = list(args["processors"])
+    if fixed is not None:
+        processors.append(_template_guard(fixed, canvas, model.mask_id, eos))
+    if grammar_filter is not None:
+        grammar_filter.attach(model, canvas, eos)  # an impossible template fails here, before any forward
     settings = DecodeSettings(steps_per_span=steps_per_span, temperature=temperature, cfg_scale=cfg_scale,
                               confidence=args["confidence"], eos_ids=eos, stop_strings=stop_strings,
                               record=args["return_trajectory"], generators=generators,
-                              processors=list(args["processors"]), max_rejections=max_rejections)
+                              processors=processors, max_rejections=max_rejections)
     engine = Engine(model, sampler_obj, cache_obj, settings, modifier_objs, filter_objs)
-    request = _Request(model, prompt_ids, canvas.pad.tolist(), canvas.gen_start.tolist(), gen_length, eos, stop_strings)
+    request = _Request(model, prompt_ids, canvas.pad.tolist(), canvas.gen_start.tolist(), gen_length, eos, stop_strings,
+                       fixed)
     return engine, canvas, request
+
+
+def _structure(model: Model, args: dict, rows: int):
+    """The grammar spec and the template cells per row (or None) from ``grammar`` / ``schema`` / ``template``."""
+    from .grammars import load_grammar, scaffold
+
+    grammar, schema, template = args["grammar"], args["schema"], args["template"]
+    if schema is not None:
+        if grammar is not None:
+            raise ValueError("give grammar= or schema=, not both (schema= is the grammar of its instances)")
+        if not isinstance(schema, dict):
+            try:
+                with open(schema, encoding="utf-8") as handle:
+                    schema = json.load(handle)
+            except (OSError, TypeError, ValueError) as exc:
+                raise ValueError(f"schema must be a dict or the path of a JSON file ({schema!r}: "
+                                 f"{type(exc).__name__}: {' '.join(str(exc).split())})") from None
+        grammar = schema
+        load_grammar(schema)  # unsupported keywords fail with their own message before the scaffold is laid
+        if template is None:
+            template = [scaffold.schema_pieces(schema, args["slot_length"])]
+    elif args["slot_length"] is not None:
+        raise ValueError("slot_length sizes the slots of a schema scaffold: pass schema= too")
+    if template is None:
+        return grammar, None
+    if isinstance(template, str):
+        template = [template]
+    if not isinstance(template, (list, tuple)) or not template or not all(isinstance(t, (str, list)) for t in template):
+        raise ValueError("template must be text with <mask:N> slots, or one such text per prompt")
+    if len(template) not in (1, rows):
+        raise ValueError(f"{len(template)} templates for {rows} prompts: give one template, or one per prompt")
+    if model.tokenizer is None:
+        raise ValueError("a template needs the model's tokenizer")
+    pieces = [t if isinstance(t, list) else scaffold.parse_template(t) for t in template]
+    cells = [scaffold.template_cells(p, model.tokenizer, model.mask_id) for p in pieces]
+    return grammar, cells * rows if len(cells) == 1 else cells
+
+
+def _fixed_cells(templates: list[list[int]], gen_length: int, mask_id: int, eos: tuple[int, ...]) -> list[list[int]]:
+    """Each row's generated region: its template, then EOS (the output ends where the template ends)."""
+    rows = []
+    for i, cells in enumerate(templates):
+        if len(cells) > gen_length:
+            raise ValueError(f"template{'' if len(templates) == 1 else f' {i}'} is {len(cells)} tokens, longer than "
+                             f"the canvas (gen_length {gen_length}): raise gen_length or shorten the template")
+        if len(cells) < gen_length and not eos:
+            raise ValueError("a template shorter than gen_length ends the output with EOS, but eos_ids is empty")
+        rows.append(list(cells) + [eos[0] if eos else mask_id] * (gen_length - len(cells)))
+    return rows
+
+
+def _template_guard(fixed: list[list[int]], canvas, mask_id: int, eos: tuple[int, ...]):
+    """No EOS before a row's last fixed template token (it would cut the template off)."""
+    from .grammars.scaffold import TemplateGuard
+
+    eos_set = set(eos)
+    last = [max((i for i, t in enumerate(row) if t != mask_id and t not in eos_set), default=-1) for row in fixed]
+    starts = canvas.gen_start.cpu().tolist()
+    return TemplateGuard(torch.tensor([starts[r] + i if i >= 0 else -1 for r, i in enumerate(last)]), eos)
 
 
 def _plugins(kind, specs, options: dict) -> list:
@@ -236,8 +320,8 @@ def _block_length(model: Model, gen_length: int, block_length: int | None, sub_b
                              f"(block-causal family {model.family}): use a divisor of {block}")
         return block_length
     if block_length is None:
-        return 32 if gen_length % 32 == 0 else gen_length
-    if not isinstance(block_length, int) or block_length < 1:
+        return default_block_length(model, gen_length)
+    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
         raise ValueError(f"block_length must be a positive integer (got {block_length!r})")
     if gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}: "
@@ -258,42 +342,37 @@ def _check_context(model: Model, prompt_ids: list[list[int]], gen_length: int) -
 class _Request:
     """What ``collect`` needs to turn the engine's final canvas into a :class:`Generation`."""
 
-    def __init__(self, model, prompt_ids, pads, gen_starts, gen_length, eos, stop_strings):
+    def __init__(self, model, prompt_ids, pads, gen_starts, gen_length, eos, stop_strings, fixed=None):
         self.model, self.prompt_ids, self.pads, self.gen_starts = model, prompt_ids, pads, gen_starts
         self.gen_length, self.eos, self.stop_strings = gen_length, eos, stop_strings
+        self.fixed = fixed  # template cells per row: their non-MASK cells are not generated tokens
 
     def collect(self, engine: Engine) -> Generation:
         model, final, stats = self.model, engine.final.cpu(), engine.stats
-        texts, sequences, canvases = [], [], []
+        texts, sequences, canvases, counts = [], [], [], []
         eos_set = set(self.eos)
         for row, prompt in enumerate(self.prompt_ids):
             start = self.gen_starts[row]
             generated = final[row, start:start + self.gen_length].tolist()
             cut = next((i for i, t in enumerate(generated) if t in eos_set), len(generated))
-            answer = [t for t in generated[:cut] if t != model.mask_id]
+            where = [i for i in range(cut) if generated[i] != model.mask_id]
+            answer = [generated[i] for i in where]
             full = model.decode(answer)
             text = cut_at_stops(full, self.stop_strings)
             if len(text) < len(full):
                 answer = _tokens_within(model, answer, text)
             texts.append(text)
             sequences.append(answer)
+            fixed = None if self.fixed is None else self.fixed[row]
+            counts.append(len(answer) if fixed is None else sum(fixed[i] == model.mask_id for i in where[:len(answer)]))
             canvases.append(final[row, self.pads[row]:start + self.gen_length].tolist())
-        stats.row_tokens = [len(s) for s in sequences]
+        stats.row_tokens = counts
         stats.tokens = sum(stats.row_tokens)
         trajectory = engine.trajectory
         if trajectory is not None:  # the first frame spans exactly what ``canvases`` holds (no alignment pad)
             trajectory.initial = [row[:len(c)] for row, c in zip(trajectory.initial, canvases)]
         return Generation(texts=texts, sequences=sequences, canvases=canvases,
                           prompt_lengths=[len(p) for p in self.prompt_ids], stats=stats, trajectory=trajectory)
-
-
-def cut_at_stops(text: str, stops) -> str:
-    """``text`` up to the first occurrence of any stop string."""
-    for stop in stops:
-        index = text.find(stop)
-        if index >= 0:
-            text = text[:index]
-    return text
 
 
 def _tokens_within(model, ids: list[int], text: str) -> list[int]:

@@ -1,15 +1,17 @@
-"""Registries for the step pipeline's small plug-ins (modifiers, filters): lookup by name, options, build.
+"""Registries for the step pipeline's small plug-ins (modifiers, filters): lookup by name, typed options, build.
 
 Samplers and caches keep their own registries (``dllm.samplers``, ``dllm.caches``); modifiers and filters
-share this one class so that each kind is a dozen lines. A plug-in is a dataclass whose fields are its
-options; ``validate()`` checks their values with one-line messages.
+share this class so that each kind is a few lines. Names, "did you mean" messages, re-registration and
+option types all go through :mod:`dllm.registry`, as for samplers and caches. A plug-in is a dataclass whose
+fields are its options; ``validate()`` checks their values with one-line messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Callable
+
+from . import registry
 
 
 class Registry:
@@ -21,10 +23,8 @@ class Registry:
         def decorate(cls: type) -> type:
             if not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise TypeError(f"@register('{name}') needs a subclass of {self.base.__module__}.{self.base.__name__}")
-            if name in self._classes and self._classes[name] is not cls and not override:
-                raise ValueError(f"a {self.kind} named '{name}' is already registered: pass override=True to replace it")
+            registry.add(self._classes, self.kind, name, cls, override)
             cls.name = name
-            self._classes[name] = cls
             return cls
 
         return decorate
@@ -32,31 +32,22 @@ class Registry:
     def available(self) -> list[str]:
         return sorted(self._classes)
 
-    def lookup(self, name: str) -> type:
-        if name not in self._classes:
-            hint = difflib.get_close_matches(str(name), list(self._classes), n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ValueError(f"unknown {self.kind} '{name}'{suggestion}; available: {', '.join(self.available()) or 'none'}")
-        return self._classes[name]
-
     def option_names(self, name: str) -> list[str]:
-        return [f.name for f in dataclasses.fields(self.lookup(name))]
+        cls = registry.lookup(self._classes, self.kind, name)
+        return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
     def build(self, spec, options: dict | None = None):
-        """A plug-in from an instance, a name, or ``(name, options)``; options are checked by name."""
+        """A plug-in from an instance, a name, or ``(name, options)``; option names and types are checked."""
+        owner = f"{self.kind} '{getattr(spec, 'name', spec)}'"
         if isinstance(spec, self.base):
+            registry.coerce_fields(spec, owner)
             spec.validate()
             return spec
         if isinstance(spec, tuple):
             spec, extra = spec
             options = {**(options or {}), **extra}
-        cls = self.lookup(spec)
-        options = dict(options or {})
-        valid = self.option_names(spec)
-        unknown = [k for k in options if k not in valid]
-        if unknown:
-            raise ValueError(f"unknown option '{unknown[0]}' for {self.kind} '{spec}'; its options are: "
-                             f"{', '.join(valid) or 'none'}")
-        plugin = cls(**options)
+            owner = f"{self.kind} '{spec}'"
+        cls = registry.lookup(self._classes, self.kind, spec)
+        plugin = cls(**registry.coerce_options(cls, dict(options or {}), owner))
         plugin.validate()
         return plugin

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import pytest
 import torch
 
 import dllm
@@ -91,3 +92,13 @@ def interrupt_on_call(real, n: int):
         return real(*args, **kwargs)
 
     return wrapped
+
+
+def one_line_error(exc_type, fn, *fragments):
+    """``fn()`` raises ``exc_type`` with a one-line message containing every fragment."""
+    with pytest.raises(exc_type) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message

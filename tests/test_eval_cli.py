@@ -47,7 +47,9 @@ def test_eval_prints_one_table_and_writes_one_json_per_combination(tmp_path, cap
     rows = [line for line in printed.splitlines() if line.startswith("| dllm_")]
     assert len(rows) == 3 * 4
     assert any("| dllm_json | threshold:threshold=0.7 | dual | exact_match |" in row for row in rows)
-    assert (tmp_path / "table.md").read_text().strip() == printed.split("\nresults:")[0].strip()
+    assert printed.startswith("plan: 4 combination(s)")  # the run plan comes before anything runs
+    table = (tmp_path / "table.md").read_text().strip()
+    assert table.startswith("| task |") and printed.split("\nresults:")[0].strip().endswith(table)
     [path] = tmp_path.glob("threshold_threshold-0.7__dual__*.json")
     saved = json.loads(path.read_text())
     assert saved["config"]["dllm"]["decoding"]["sampler"]["threshold"] == 0.7
@@ -105,7 +107,7 @@ def test_a_killed_eval_resumes_without_recomputing_finished_combinations(tmp_pat
     ({"tasks": "dllm_sortt"}, "unknown task 'dllm_sortt' (did you mean 'dllm_sort'?)"),
     ({"samplers": "thresh"}, "unknown sampler 'thresh' (did you mean 'threshold'?)"),
     ({"samplers": "threshold:treshold=0.5"}, "unknown option 'treshold' for sampler 'threshold'"),
-    ({"samplers": "threshold:threshold"}, "malformed --samplers entry 'threshold:threshold'"),
+    ({"samplers": "threshold:threshold"}, "malformed option 'threshold' for sampler 'threshold'"),
     ({"samplers": "static,,threshold"}, "--samplers 'static,,threshold' has an empty entry"),
     ({"samplers": ":threshold=0.5"}, "malformed --samplers entry ':threshold=0.5'"),
     ({"caches": "none,duall"}, "unknown cache 'duall' in --caches (did you mean 'dual'?)"),

@@ -12,18 +12,9 @@ from dllm.engine.loop import DecodeError
 from dllm.samplers.static import ascending_plan
 
 from conftest import DECODES
-from helpers import golden_model, random_model, random_prompts
+from helpers import golden_model, one_line_error, random_model, random_prompts
 
 FULL_CACHES = ("none", "prefix", "dual")
-
-
-def one_line_error(exc_type, fn, *fragments):
-    with pytest.raises(exc_type) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 # --------------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_sampler_specs_expand_into_points():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("threshold:tau=0.6,0.7", "sampler 'threshold' has no option 'tau'; its options are: threshold, strict"),
+    ("threshold:tau=0.6,0.7", "unknown option 'tau' for sampler 'threshold'; its options are: threshold, strict"),
     ("threshold:threshold=0.9..0.5/0.1", "runs downward"),
     ("threshold:threshold=0.5..0.9/0", "step 0 must be > 0"),
     ("threshold:threshold=x..0.9/0.1", "'x' is not a number"),

@@ -52,6 +52,9 @@ class Cache:
     name: str = ""
     fits: tuple[str, ...] = ()  # attention patterns this cache is correct for
     exact: bool = True  # whether logits equal the uncached forward
+    #: whether ``plan`` can be asked for the next step ahead of time and its K/V copied for read-only
+    #: hypothesis forwards (draft-and-verify samplers); a cache that cannot sets it False
+    serves_hypotheses: bool = True
 
     def start(self, network, batch: int, width: int, block_size: int | None) -> None:
         """Called once per generation (after option validation) with the canvas geometry."""

@@ -48,11 +48,15 @@ class Canvas:
 
 
 def build_canvas(prompts: list[list[int]], gen_length: int, block_length: int, *, mask_id: int, pad_id: int,
-                 block_size: int | None, device, span_lengths: list[int] | None = None) -> Canvas:
+                 block_size: int | None, device, span_lengths: list[int] | None = None,
+                 fixed: list[int] | list[list[int]] | None = None) -> Canvas:
     """Lay out ``prompts`` (token-id lists) with ``gen_length`` MASK positions each (see module docstring).
 
     ``span_lengths``: decode spans of a sampler's own layout (full-attention families only), left to right,
-    summing to ``gen_length``; default blocks of ``block_length``."""
+    summing to ``gen_length``; default blocks of ``block_length``.
+    ``fixed``: the generated region's initial contents (templates / scaffolds, multi-region infilling): a
+    list of ``gen_length`` token ids, ``mask_id`` where the model fills in, shared by every row — or one such
+    list per row. Fixed cells are never candidates; spans without MASK are skipped."""
     lengths = torch.tensor([len(p) for p in prompts])
     batch = len(prompts)
     if block_size is None:
@@ -71,6 +75,13 @@ def build_canvas(prompts: list[list[int]], gen_length: int, block_length: int, *
         x[row, start:start + len(prompt)] = torch.tensor(prompt, dtype=torch.long)
     generated = (cols >= gen_start[:, None]) & (cols < gen_end[:, None])
     x[generated] = mask_id
+    if fixed is not None:
+        rows = [fixed] * batch if not fixed or isinstance(fixed[0], int) else list(fixed)
+        if len(rows) != batch or any(len(r) != gen_length for r in rows):
+            raise ValueError(f"fixed must be {gen_length} token ids (gen_length), or one such list per prompt")
+        for row, cells in enumerate(rows):
+            start = int(gen_start[row])
+            x[row, start:start + gen_length] = torch.tensor(cells, dtype=torch.long)
     keep = (cols >= pad[:, None]) & (cols < gen_end[:, None])
     positions = (cols[None, :] - pad[:, None]).clamp(min=0)
 

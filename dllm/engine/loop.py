@@ -122,6 +122,7 @@ class Engine:
         self.stuck_now = None
         self._refresh_row_geometry()
         self.cache.start(model.network, batch * (2 if self.guidance else 1), width, canvas.block_size)
+        self.sampler.start(self)
         for plugin in self.filters:
             plugin.start(self)
 
@@ -139,6 +140,8 @@ class Engine:
                            sampler=self.sampler.describe(), cache=self.cache.describe(),
                            modifiers=[m.describe() for m in self.modifiers],
                            counters=self.counters, status=self.status, reasons=dict(self.reasons))
+        for plugin in self.filters:
+            plugin.finish(self.stats)
 
     # ------------------------------------------------------------------------------------------------
     def _decode_span(self, index: int, span: tuple[int, int]) -> Iterator[StepEvent]:
@@ -159,7 +162,8 @@ class Engine:
                 if feed.after is not None:
                     feed.after()
             self.handed = None
-            logits = self._process(logits, span)
+            # handed-over logits come from a hypothesis forward, which already ran the logit processors
+            logits = self._process(logits, span) if ran else self._apply_bans(logits, span)
             draw = self._draw_flags(masked)
             x0, raw = propose_and_score(logits, settings.confidence, settings.temperature, self.generators_active,
                                         exclude=self.mask_id, draw=draw)
@@ -227,7 +231,8 @@ class Engine:
                         sampler=self.sampler)
         view.forwards = self.forwards
         view.generators = self.generators_active
-        view.forward = lambda hypotheses: self._hypotheses(view, hypotheses, any_opening_undecided)
+        view.forward = lambda hypotheses, charge=None: self._hypotheses(view, hypotheses, charge)
+        view.can_hand_over = lambda next_tokens: self._hypothesis_feed(view.span, next_tokens[:, None]).ephemeral
         for modifier in self.modifiers:
             view.confidence = modifier.rescore(view).masked_fill(~masked, float("-inf"))
         return view
@@ -271,6 +276,9 @@ class Engine:
         """Run the sampler; keep only candidates; guarantee progress (the most confident one if none)."""
         decision = Decision.of(self.sampler.select(view), view)
         commit = decision.commit & view.masked
+        if bool((commit & (decision.tokens == self.mask_id)).any()):
+            raise DecodeError(f"sampler '{self.sampler.name}' asked to commit the MASK token (span {view.span}): "
+                              "commit a real token or leave the position out")
         stalled = view.masked.any(-1) & ~commit.any(-1)
         decision.commit = commit | top_k_mask(view.confidence, stalled.long())
         return decision
@@ -319,9 +327,10 @@ class Engine:
         return logits
 
     # ------------------------------------------------------------------------------------------------
-    def _process(self, logits: torch.Tensor, span: tuple[int, int], rows: torch.Tensor | None = None) -> torch.Tensor:
-        context = ProcessorContext(span, self.canvas.x, self.rows if rows is None else rows, self.sampler_steps,
-                                   self.mask_id, self.settings.eos_ids)
+    def _process(self, logits: torch.Tensor, span: tuple[int, int], rows: torch.Tensor | None = None,
+                 step: int | None = None) -> torch.Tensor:
+        context = ProcessorContext(span, self.canvas.x, self.rows if rows is None else rows,
+                                   self.sampler_steps if step is None else step, self.mask_id, self.settings.eos_ids)
         for process in self.settings.processors:
             logits = process(logits, context)
         if rows is None:
@@ -386,12 +395,16 @@ class Engine:
             self.masks[key] = attention_mask_for(self.model, canvas.positions[:, a:b], canvas.positions[:, k0:k1], keep)
         return self.masks[key]
 
-    def _hypotheses(self, view: StepView, hypotheses: torch.Tensor, any_opening_undecided: bool) -> torch.Tensor:
+    def _hypotheses(self, view: StepView, hypotheses: torch.Tensor, charge: torch.Tensor | None = None) -> torch.Tensor:
         """Read-only forward of H hypothesised span fillings per row, through the same cache (1 NFE).
 
         ``hypotheses`` [B, H, W] are full span contents (MASK where undecided). The forward is the one the
-        *next* step would run (the cache's plan for it), so its logits can be handed over with
-        ``Decision.next_logits``; the cache's stored K/V are never changed (hypotheses attend over a copy).
+        *next* step would run for each hypothesis (the cache's plan for it, with each hypothesis' own
+        "span opens with MASK" flag), so its logits can be handed over with ``Decision.next_logits``; the
+        cache's stored K/V are never changed (hypotheses attend over a copy). The logits are processed (logit
+        processors) exactly as the next step would process them. ``charge`` [B] bool: the rows that need
+        this forward (default: rows with candidates) — only they are charged in the per-row NFE, so a row
+        that would not need it decoding alone costs what it costs alone.
         """
         b, h, w = hypotheses.shape
         start, end = view.span
@@ -400,19 +413,30 @@ class Engine:
                               f"got {tuple(hypotheses.shape)}")
         if self.guidance:
             raise DecodeError("hypothesis forwards do not support classifier-free guidance (cfg_scale > 0)")
-        masked = hypotheses[:, 0] == self.mask_id
-        feed = self.cache.plan(self._context(view.span, masked, any_opening_undecided, self.forwards + 1,
-                                             self.sampler_steps + 1))
+        if not getattr(self.cache, "serves_hypotheses", True):
+            raise DecodeError(f"cache '{self.cache.name}' cannot serve read-only hypothesis forwards: use a cache "
+                              "whose plan has no side effects (none, prefix, dual, block)")
+        flat = hypotheses.reshape(b * h, w)
+        feed = self._hypothesis_feed(view.span, hypotheses)
         ids = self.canvas.x[:, feed.start:feed.end].repeat_interleave(h, 0)
         lo, hi = max(start, feed.start), min(end, feed.end)
-        ids[:, lo - feed.start:hi - feed.start] = hypotheses.reshape(b * h, w)[:, lo - start:hi - start]
+        ids[:, lo - feed.start:hi - feed.start] = flat[:, lo - start:hi - start]
         kv = self.cache.kv.expanded(h) if feed.write is not None else None
         logits = self._predict(feed, view.span, ids=ids, kv=kv, repeat=h)
         rows = self.rows.repeat_interleave(h)
-        logits = self._process(logits, view.span, rows=rows)
+        logits = self._process(logits, view.span, rows=rows, step=self.sampler_steps + 1)
         self.nfe += 1
-        self.row_nfe[self.rows_device] += view.masked.any(-1).long()
+        charged = view.masked.any(-1) if charge is None else charge.to(view.masked.device) & view.masked.any(-1)
+        self.row_nfe[self.rows_device] += charged.long()
         return logits.view(b, h, w, -1)
+
+    def _hypothesis_feed(self, span: tuple[int, int], hypotheses: torch.Tensor) -> Feed:
+        """The cache's plan for the next step run on hypotheses [B, H, W] (no side effects). Its ``ephemeral``
+        says whether logits computed for a hypothesis could replace that forward (``StepView.can_hand_over``)."""
+        b, h, _ = hypotheses.shape
+        opening = (hypotheses.reshape(b * h, -1)[:, 0] == self.mask_id) & (self.end.repeat_interleave(h) > span[0])
+        return self.cache.plan(StepContext(span, self.forwards + 1, self.sampler_steps + 1, self.canvas.width, opening,
+                                           bool(opening.any())))
 
     # ------------------------------------------------------------------------------------------------
     def _move_end(self, new_end: torch.Tensor) -> None:

@@ -42,6 +42,22 @@ def propose_and_score(logits: torch.Tensor, kind: str, temperature: float = 0.0,
     return x0, conf
 
 
+def propose_greedy(logits: torch.Tensor, kind: str, exclude: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`propose_and_score` gives at temperature 0 — the same values, bit for bit — without touching
+    ``logits`` (a sampler scoring hypotheses whose logits it may hand over to the next step)."""
+    z = logits if logits.dtype == torch.float32 else logits.float()
+    x0 = greedy(z, exclude)
+    if kind == "prob":
+        return x0, torch.exp(z.gather(-1, x0[..., None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
+    probs = z.softmax(-1)
+    if kind == "margin":
+        top = probs.topk(2, dim=-1).values
+        return x0, top[..., 0] - top[..., 1]
+    if kind == "entropy":
+        return x0, (probs * torch.log(probs + 1e-10)).sum(-1)
+    raise ValueError(f"unknown confidence '{kind}'; use one of {', '.join(CONFIDENCES)}")
+
+
 def _gumbel(z: torch.Tensor, generators, draw) -> torch.Tensor:
     noise = torch.zeros_like(z)
     tiny = torch.finfo(torch.float32).tiny

@@ -27,6 +27,7 @@ class Stats:
     counters: dict = field(default_factory=dict)  # method-specific per-event lists (e.g. accepted draft lengths)
     status: list = field(default_factory=list)  # per row: "eos", "stop", "length" or "stuck"
     reasons: dict = field(default_factory=dict)  # row -> one-line reason, for rows that did not finish normally
+    witnesses: dict = field(default_factory=dict)  # row -> a completion a grammar accepts (rows that ended stuck)
 
     @property
     def tpf(self) -> float:
@@ -37,6 +38,18 @@ class Stats:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def counter_summaries(self) -> dict:
+        """Per numeric counter (e.g. FreeDave's ``accepted`` draft lengths): events, mean and histogram."""
+        out = {}
+        for key, values in self.counters.items():
+            if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                histogram: dict = {}
+                for v in sorted(values):
+                    histogram[v] = histogram.get(v, 0) + 1
+                out[key] = {"count": len(values), "mean": sum(values) / len(values), "histogram": histogram}
+        return out
+
     def summary(self) -> str:
         return (f"{self.tokens} tokens, NFE {self.nfe}, TPF {self.tpf:.2f}, {self.seconds:.2f}s, "
                 f"{self.tokens_per_second:.1f} tok/s, sampler {self.sampler.get('sampler')}, cache {self.cache.get('cache')}")
@@ -45,7 +58,8 @@ class Stats:
         return {"nfe": self.nfe, "tokens": self.tokens, "tpf": self.tpf, "seconds": self.seconds,
                 "tokens_per_second": self.tokens_per_second, "row_nfe": self.row_nfe, "row_tokens": self.row_tokens,
                 "sampler": self.sampler, "cache": self.cache, "modifiers": self.modifiers,
-                "counters": self.counters, "status": self.status, "reasons": self.reasons}
+                "counters": self.counters, "counter_summaries": self.counter_summaries, "status": self.status, "reasons": self.reasons,
+                "witnesses": self.witnesses}
 
 
 @dataclass

@@ -58,7 +58,11 @@ class StepView:
     canvas: torch.Tensor  # [B, T] current tokens (read-only)
     rows: torch.Tensor  # [B] index of each active row in the caller's batch
     generator: torch.Generator | None = None
-    forward: Callable | None = None  # hypotheses [B, H, W] -> logits [B, H, W, V] (read-only, counted as NFE)
+    #: hypotheses [B, H, W] (, charge [B] bool) -> logits [B, H, W, V]: read-only, 1 NFE, charged to ``charge`` rows
+    forward: Callable | None = None
+    #: next_tokens [B, W] -> bool: whether the next step's forward for that span content may be replaced by
+    #: handed-over logits (the cache's plan for it is ``ephemeral``); plans only, runs nothing
+    can_hand_over: Callable | None = None
     mask_id: int | None = None
     span_masked: torch.Tensor | None = None  # [B] candidates in the span when the span started
     raw_confidence: torch.Tensor | None = None  # [B, W] fp32 model confidence of x0, every column
@@ -114,7 +118,8 @@ class Decision:
     ``commit`` [B, W] bool: candidates to commit now; ``tokens`` [B, W]: what they become (default: the
     proposals). ``next_logits`` [B, W, V]: logits of the *next* step that the sampler already computed (e.g.
     draft-and-verify's verified forward) for the span contents ``next_tokens`` [B, W]; the engine uses them
-    instead of running that forward when what was finally committed (after every filter) equals
+    instead of running that forward (they are processed logits, as ``view.forward`` returns them: the engine
+    applies only its bans to them) when what was finally committed (after every filter) equals
     ``next_tokens`` in every row and the cache says the forward would leave nothing behind
     (``Feed.ephemeral``); otherwise it runs the forward. ``end`` [B]: a new per-row end
     column (positions from it on are no longer candidates nor attended; they become EOS).

@@ -36,6 +36,10 @@ def _eval_arguments(parser) -> None:
                         help="few-shot examples (tasks whose config fixes 0 shots, the embedded ones among them, refuse > 0)")
     parser.add_argument("--apply-chat-template", action="store_true")
     parser.add_argument("--log-samples", action="store_true", help="also write per-sample outputs per combination")
+    parser.add_argument("--grid", default=None,
+                        help="vary decoding args for every sampler, e.g. gen_length=32,64,block_length=8,16,cache=none,dual")
+    parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                        help="also write figures, AUP and Pareto tables, report.md and report.html into DIR")
     add_common_arguments(parser, "any other option for every combination: a sampler or cache option (to the "
                                  "combinations that take it) or a dllm model arg, e.g. -o mc_batch_size=16")
     parser.add_argument("--model-arg", action="append", type=parse_option, dest="option", metavar="KEY=VALUE",
@@ -61,14 +65,46 @@ def _eval(args) -> int:
         raise ValueError(f"--num-fewshot {args.num_fewshot} must be >= 0")
     output = args.output or Path("runs") / f"eval-{Path(str(args.model)).name or 'model'}"
     check_output(output)
+    if args.report is not None:
+        from .report import check_output_dir
+
+        check_output_dir(args.report)
+    samplers, caches = grid_points(parse_samplers(args.samplers), parse_caches(args.caches), args.grid, args.caches)
     device = check_device(args.device)
     set_threads(args.threads)
     sweep = Sweep(model=str(args.model), tasks=[t.strip() for t in args.tasks.split(",")],
-                  samplers=parse_samplers(args.samplers), caches=parse_caches(args.caches), output=output, limit=limit,
+                  samplers=samplers, caches=caches, output=output, limit=limit,
                   batch_size=args.batch_size, model_args=model_args, log_samples=args.log_samples,
                   apply_chat_template=args.apply_chat_template, num_fewshot=args.num_fewshot)
     run(sweep, dtype=args.dtype, device=device, progress=not args.no_progress)
+    if args.report is not None:
+        from .report import write_report
+
+        for path in write_report(sweep.output, args.report, files=sweep.files):
+            print(f"report: {path}")
     return 0
+
+
+def grid_points(samplers, caches, grid: str | None, caches_flag: str | None):
+    """The run plan with ``--grid``: every sampler point crossed with every grid point (decoding args join the
+    sampler's options; ``cache=...`` entries join the caches)."""
+    if not grid:
+        return samplers, caches
+    from .ranges import expand_grid, point_text
+    from .sweep import SamplerSpec, parse_caches
+
+    points = expand_grid(grid)
+    grid_caches = [p.pop("cache") for p in points if "cache" in p]
+    if grid_caches and caches_flag is not None:
+        raise ValueError("--grid sets cache= and --caches is given too: name the caches in one of them")
+    if grid_caches:
+        caches = parse_caches(",".join(dict.fromkeys(str(c) for c in grid_caches)))
+    crossed = []
+    for spec in samplers:
+        for point in dict.fromkeys(tuple(sorted(p.items())) for p in points):
+            options = {**dict(spec.options), **dict(point)}
+            crossed.append(SamplerSpec(spec.name, tuple(options.items()), point_text(spec.name, options)))
+    return list(dict.fromkeys(crossed)), caches
 
 
 def run_lm_eval(argv: list[str]) -> int:
@@ -120,3 +156,13 @@ register_command("eval", "score samplers x caches on lm-eval tasks (embedded sui
                  _eval_arguments, _eval)
 register_command("lm-eval", "lm-eval's own command line with the dllm model and the embedded tasks registered",
                  lambda parser: None, run_lm_eval)
+
+
+def _report_command():
+    from . import report
+
+    register_command("report", "figures, AUP and Pareto tables (report.md, report.html) from a finished `dllm eval` run",
+                     report.add_arguments, report.run)
+
+
+_report_command()

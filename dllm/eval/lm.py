@@ -168,7 +168,10 @@ class DiffusionLM(TemplateLM):
             indices.sort(key=lambda i: -len(prompts[i]))
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start:start + self.batch_size]
-                out = dllm.generate(self.model, [prompts[i] for i in batch], **self._generate_kwargs(options))
+                kwargs = self._generate_kwargs(options)
+                if kwargs["sampler"] == "oracle" and not kwargs.get("targets"):
+                    kwargs["targets"] = self._static_outputs([prompts[i] for i in batch], kwargs)
+                out = dllm.generate(self.model, [prompts[i] for i in batch], **kwargs)
                 tokens = 0
                 for row, i in enumerate(batch):
                     results[i], count = self._answer(out, row, options.until, limits[i])
@@ -218,6 +221,17 @@ class DiffusionLM(TemplateLM):
                     steps=canvas.steps, temperature=options.temperature, cfg_scale=s.cfg_scale, seed=s.seed,
                     stop=list(options.until) or None, confidence=s.confidence, ar_first=s.ar_first,
                     **s.sampler_options, **s.cache_options)
+
+    def _static_outputs(self, prompts: list[list[int]], kwargs: dict) -> list[list[int]]:
+        """The EGP oracle's targets: each prompt's static one-token-per-step output on the same canvas and cache
+        (its cost is not counted: the oracle is an upper bound, not a method)."""
+        static = {k: v for k, v in kwargs.items() if k not in ("sampler", "targets", "steps")}
+        from dllm import samplers
+
+        for key in samplers.option_names("oracle"):
+            static.pop(key, None)
+        out = dllm.generate(self.model, prompts, sampler="static", steps=kwargs["gen_length"], **static)
+        return [canvas[len(canvas) - kwargs["gen_length"]:] for canvas in out.canvases]
 
     def _answer(self, out, row: int, until: tuple[str, ...], limit: int) -> tuple[str, int]:
         """The row's text cut at EOS, at the first stop string and at ``max_gen_toks`` tokens."""

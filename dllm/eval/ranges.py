@@ -86,7 +86,8 @@ def expand_samplers(text: str) -> list[tuple[str, dict]]:
         valid = samplers.option_names(name)  # unknown sampler: one-line ValueError
         for key, _ in options:
             if key not in valid and key not in SPEC_DECODE_KEYS:
-                raise ValueError(f"sampler '{name}' has no option '{key}'; its options are: "
+                hint = registry.did_you_mean(key, list(valid) + list(SPEC_DECODE_KEYS))
+                raise ValueError(f"unknown option '{key}' for sampler '{name}'{hint}; its options are: "
                                  f"{', '.join(valid) or 'none'} (and the decoding args {', '.join(SPEC_DECODE_KEYS)})")
         merged: dict[str, list] = {}
         for key, values in options:

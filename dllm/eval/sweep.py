@@ -71,19 +71,13 @@ def _entry(entry: str, flag: str) -> tuple[str, list[tuple[str, object]]]:
 
 
 def parse_samplers(text: str) -> list[SamplerSpec]:
-    """Parse ``--samplers``; a malformed entry, unknown sampler or option, or a value of the wrong type fails
-    in one line. Besides the sampler's own options an entry may set decoding args (``static:steps=24`` = 2
-    tokens per step on a 48-token canvas)."""
-    from dllm import samplers
+    """Parse ``--samplers``, sweeps included (``threshold:threshold=0.5..0.95/0.05``, ``localleap:tau=0.6,0.7``);
+    a malformed entry or range, unknown sampler or option, or a value of the wrong type fails in one line.
+    Besides the sampler's own options an entry may set decoding args (``static:steps=24``)."""
+    from .ranges import expand_samplers, point_text
 
-    specs = []
-    for entry in _split(text, "--samplers"):
-        name, options = _entry(entry, "--samplers")
-        own = {k: v for k, v in options if k not in SPEC_DECODE_KEYS}
-        built = samplers.build(name, own)  # unknown sampler / option / bad value: one-line ValueError
-        typed = tuple((k, getattr(built, k) if k in own else v) for k, v in options)
-        specs.append(SamplerSpec(name, typed, entry))
-    return specs
+    return [SamplerSpec(name, tuple(options.items()), point_text(name, options))
+            for name, options in expand_samplers(text)]
 
 
 def parse_caches(text: str | None) -> list[CacheSpec | None]:
@@ -136,6 +130,7 @@ class Sweep:
     apply_chat_template: bool = False
     num_fewshot: int | None = None
     checkpoint: dict = field(default_factory=dict)  # filled once the model is loaded: what was evaluated
+    files: list = field(default_factory=list)  # filled by ``run``: the results file of every combination
 
     def effective(self, spec: SamplerSpec, cache: CacheSpec) -> tuple[dict, dict, dict]:
         """One combination's (sampler options, cache options, other dllm model args): the spec's own options
@@ -246,6 +241,11 @@ def run(sweep: Sweep, dtype=None, device=None, progress: bool = True, out=print)
         else:
             todo.append((spec, cache))
     _check_shared(sweep, combos)
+    sweep.files = [sweep.path(spec, cache) for spec, cache in combos]
+    out(f"plan: {len(combos)} combination(s) ({len(sweep.samplers)} sampler point(s) x {len(caches)} cache(s)); "
+        f"{len(combos) - len(todo)} reuse finished results, {len(todo)} to run")
+    for spec, cache in todo:
+        out(f"  to run: {' / '.join(sweep.labels(spec, cache))}")
     models = {combo: _lm(sweep, model, *combo, progress=progress) for combo in todo}  # bad settings fail now
     _prepare_output(sweep.output)
     bar = _bar(len(combos), len(combos) - len(todo), progress)
@@ -289,7 +289,9 @@ def _check_shared(sweep: Sweep, combos) -> None:
 def fingerprint(model) -> dict:
     """Which weights were evaluated, in what precision: a retrained or re-exported checkpoint, or another
     dtype/device, does not reuse old results."""
-    weights = sorted(model.path.glob("*.safetensors"))
+    from ..models.loader import weight_files
+
+    weights = sorted(weight_files(model.path))
     files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]
     return {"path": str(model.path.resolve()), "files": files, "dtype": str(model.dtype), "device": str(model.device)}
 

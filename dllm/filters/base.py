@@ -10,6 +10,7 @@ sampler's, the fallback's, a forced opening token's. Hooks (all optional):
                               ``max_rejections`` ends as "stuck"
 * ``committed(view, commit, tokens)``  what actually landed (incremental state such as a parser)
 * ``select_rows(rows)``      follow row retirement (index tensors of the rows that stay)
+* ``finish(stats)``          after the last step: add to the statistics (counters, reasons, witnesses)
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Filter:
         pass
 
     def select_rows(self, rows: torch.Tensor) -> None:
+        pass
+
+    def finish(self, stats) -> None:
         pass
 
     def validate(self) -> None:

@@ -4,7 +4,8 @@ A sampler is a dataclass of options plus ``select(view)``: given a :class:`StepV
 positions to commit this step — a bool [B, W] tensor, ``(commit, tokens)``, or a :class:`Decision` (which can
 also hand the next step's logits over, or move a row's end). The engine owns the loop, the cache, the batch
 and the statistics; a sampler only decides. Optional hooks: ``layout`` (the decode spans it needs),
-``progress`` (how far the decode is, for modifiers such as EOS early rejection), ``needs_generator``. Samplers are registered by name so third-party ones plug in exactly like ours::
+``progress`` (how far the decode is, for modifiers such as EOS early rejection), ``needs_generator``,
+``start`` (once per generation, with the engine: model, canvas, settings). Samplers are registered by name so third-party ones plug in exactly like ours::
 
     @dllm.samplers.register("my_sampler")
     @dataclass
@@ -38,6 +39,11 @@ class Sampler:
 
     def select(self, view: StepView) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Decision:
         raise NotImplementedError
+
+    def start(self, engine) -> None:
+        """Called by the engine once per generation, before the first step: ``engine.model``,
+        ``engine.canvas`` (spans), ``engine.settings`` (confidence kind) are set. Load per-model resources
+        here (learn2pd reads its filter file beside the checkpoint) and refuse what does not fit."""
 
     def layout(self, gen_length: int, block_length: int) -> list[int] | None:
         """Span lengths (left to right, summing to ``gen_length``) when the sampler needs its own layout;

@@ -174,7 +174,8 @@ def export_checkpoint(net, config: dict, tokenizer, out: Path, recipe: Recipe) -
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
                   "pad_token_id": config["pad_token_id"], "mask_token_id": config["mask_token_id"],
-                  "gen_length": recipe.gen_length, "block_length": recipe.block_length}
+                  "gen_length": recipe.gen_length, "block_length": recipe.block_length,
+                  "prompt_suffix": "\n"}  # prompts are "<Instruction>: <input>\n" (tasks.py)
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     save_tokenizer(tokenizer, out, config["max_sequence_length"])
 

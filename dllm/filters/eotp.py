@@ -1,0 +1,62 @@
+"""End-of-Text prediction (EoTP, Learn2PD spec LF §1.5): stop paying for a row's EOS tail.
+
+A filter, so it works with every sampler and cache: it moves the row's end (``Decision.end``) in, and from
+the end on positions become EOS, are never candidates again and leave attention.
+
+* ``mode="committed"`` (default, conservative): once a step commits an EOS, every later position of the row
+  is cut (commits this step past it are dropped).
+* ``mode="predicted"`` (the reference's aggressive mode): as ``committed`` when an EOS is committed; otherwise,
+  when some candidate of the current block *predicts* EOS, the row is cut right after the most confident such
+  prediction (that position itself stays undecided and is decoded later like any other). The reference
+  without a cache looks for predictions over the whole canvas; here, as in its cached variants, only the
+  current block's proposals exist, so only they count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..engine.view import Decision, StepView, rank_order
+from .base import Filter, register
+
+MODES = ("committed", "predicted")
+
+
+@register("eotp")
+@dataclass
+class Eotp(Filter):
+    mode: str = "committed"
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"eotp: mode '{self.mode}' is not supported; use 'committed' or 'predicted'")
+
+    def start(self, engine) -> None:
+        self._last = self._base = None
+
+    def adjust(self, view: StepView, decision: Decision) -> Decision:
+        # a re-selection after another filter's rejection comes back with our previous end: start from the
+        # end the decision had before we set it
+        base = self._base if self._last is not None and decision.end is self._last else decision.end
+        self._base = base
+        if view.eos_ids is None or view.eos_ids.numel() == 0:
+            return decision
+        columns = view.columns()
+        far = torch.full_like(view.end, torch.iinfo(torch.long).max)
+        eos_commit = decision.commit & torch.isin(decision.tokens, view.eos_ids)
+        first = torch.where(eos_commit, columns[None, :], far[:, None]).min(-1).values
+        cut = torch.where(eos_commit.any(-1), first + 1, far)
+        if self.mode == "predicted":
+            predicted = view.masked & view.is_eos
+            score = view.raw_confidence.masked_fill(~predicted, float("-inf"))
+            best = columns[rank_order(score)[:, 0]]
+            cut = torch.where(eos_commit.any(-1) | ~predicted.any(-1), cut, best + 1)
+        end = torch.minimum(view.end, cut)
+        if base is not None:
+            end = torch.minimum(end, base.to(end.device))
+        decision.commit = decision.commit & (columns[None, :] < end[:, None])
+        decision.end = end
+        self._last = end
+        return decision

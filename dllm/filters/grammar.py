@@ -1,0 +1,242 @@
+"""Grammar-constrained decoding as a commit filter: every token that lands keeps the output completable.
+
+The oracle (``dllm.grammars``) answers "can the masked cells of this canvas still be filled so that the
+output is in the grammar?". This filter drives one oracle state per row over the row's generated region
+(the output: fixed template text, committed tokens, MASK, EOS; the first EOS ends the output).
+
+Per step, for each row, the commits the sampler (and the progress guarantee, and earlier filters such as
+the AR opening) chose are checked **one at a time in confidence order** (``view.confidence``, ties by
+position), each against the canvas including the earlier accepted ones of the same step:
+
+* accepted -> kept;
+* infeasible against the row's canvas *as it stands* (before this step) -> a true rejection: returned by
+  ``reject``; the engine bans the (position, token) pair for the rest of the generation and re-selects the
+  row; past ``max_rejections`` the row ends as ``stuck``. Such a rejection stays valid because the canvas
+  only gains information;
+* feasible alone but not together with an earlier accepted token of this step (a *conflict*) -> dropped
+  from this step's commit (``adjust``), not banned: it may be right once the model sees the earlier token.
+  The first pair of a row is always checked against the standing canvas, so a row that is not rejected
+  keeps at least one commit (progress).
+
+Special tokens other than EOS (mask, pad, BOS, role markers) can never be part of an output: the filter
+adds a logit processor that sets them to -inf up front, so they cost no rejections.
+
+Stuck rows: after the run (``finish``) every row whose output is not a complete sentence of the grammar
+(stuck rows) gets a witness completion — the current canvas with its gaps filled by the oracle, ignoring
+the canvas length — in ``stats.witnesses[row]`` (text), and its reason says so. The row's own text stays
+what the model wrote. Counters (per row, caller order): ``grammar_checks``, ``grammar_rejections``,
+``grammar_conflicts``, ``grammar_cap_hits``; ``grammar_seconds`` (total time in the oracle).
+
+Added by ``dllm.generate(grammar=..., schema=..., template=...)``; also usable as ``filters=["grammar"]``
+(options ``grammar`` = anything ``dllm.grammars.load_grammar`` takes, ``grammar_backend``, ``open_end``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..engine.view import Decision, StepView
+from ..grammars.kernels import EOS
+from .base import Filter, register
+
+
+@register("grammar")
+@dataclass
+class GrammarFilter(Filter):
+    grammar: object = "json"  # "json", a .lark path, Lark text, a JSON Schema dict, or a dllm.grammars.Grammar
+    grammar_backend: str | None = None  # "numba" | "python" | None (auto)
+    open_end: bool = False  # True: no EOS = the output may continue past the region (the reference's mode)
+
+    def validate(self) -> None:
+        if self.grammar_backend not in (None, "numba", "python", "auto"):
+            raise ValueError(f"grammar_backend must be 'numba', 'python' or 'auto' (got {self.grammar_backend!r})")
+        from ..grammars import load_grammar
+
+        self.compiled = load_grammar(self.grammar)  # syntax errors, empty languages, schema keywords: now
+
+    # ------------------------------------------------------------------------------------------------
+    def attach(self, model, canvas, eos_ids) -> None:
+        """Build one oracle state per row from the canvas's generated region; refuse a canvas (template)
+        that no filling can complete. Called by ``dllm.generate``'s ``prepare`` (before any forward) and
+        by ``start`` when the filter was not attached to this canvas yet."""
+        from ..grammars import Oracle
+
+        if not hasattr(self, "compiled"):
+            self.validate()
+        key = (id(model.tokenizer), model.mask_id, tuple(eos_ids))
+        if getattr(self, "_oracle_key", None) != key:
+            self.oracle = Oracle(self.compiled, model.tokenizer, mask_id=model.mask_id, eos_ids=eos_ids,
+                                 backend=self.grammar_backend, open_end=self.open_end)
+            self._oracle_key = key
+            excluded = torch.from_numpy(self.oracle.excluded.copy())
+            if excluded.shape[0] < model.vocab_size:
+                excluded = torch.cat([excluded, torch.ones(model.vocab_size - excluded.shape[0], dtype=torch.bool)])
+            self._excluded = excluded[:model.vocab_size].to(model.device)
+        self.canvas_id = id(canvas)
+        x = canvas.x.cpu()
+        starts, ends = canvas.gen_start.tolist(), canvas.gen_end.tolist()
+        self.states, self.caller = [], []
+        for row, (a, b) in enumerate(zip(starts, ends)):
+            state = self.oracle.start(x[row, a:b].tolist())
+            if not state.feasible():
+                text = model.decode([t for t in x[row, a:b].tolist() if t != model.mask_id])
+                raise ValueError(f"template of row {row}: its fixed text {text[:60]!r} can never be completed to "
+                                 f"an output of the grammar (fix the template or the grammar)")
+            self.states.append(state)
+            self.caller.append(row)
+        self.all_states = dict(zip(self.caller, self.states))
+        self.ends = list(ends)
+        self.conflicts: dict[int, int] = {}  # caller row -> conflicts dropped
+        self.seconds = 0.0
+        self._epoch, self._memo = 0, {}
+
+    def processor(self, logits: torch.Tensor, context) -> torch.Tensor:
+        """Logit processor: special tokens (not EOS) can never be part of an output."""
+        return logits.masked_fill(self._excluded[:logits.shape[-1]], float("-inf"))
+
+    def start(self, engine) -> None:
+        if getattr(self, "canvas_id", None) != id(engine.canvas):
+            self.attach(engine.model, engine.canvas, engine.settings.eos_ids)
+        self.engine = engine
+        processors = engine.settings.processors
+        if not any(getattr(p, "__self__", None) is self for p in processors):
+            processors.append(self.processor)
+
+    # ------------------------------------------------------------------------------------------------
+    def adjust(self, view: StepView, decision: Decision) -> Decision:
+        commit = decision.commit
+        device = commit.device
+        started = time.perf_counter()
+        ranking = torch.where(commit, view.confidence, torch.full_like(view.confidence, float("-inf")))
+        order = torch.sort(ranking, dim=-1, descending=True, stable=True).indices
+        counts = commit.sum(-1)
+        self._kept = getattr(self, "_kept", {})
+        commit_h, tokens_h, order_h, counts_h = commit.cpu(), decision.tokens.cpu(), order.cpu(), counts.tolist()
+        offsets = (view.span[0] - view.gen_start).tolist()
+        keep = commit_h.clone()
+        veto = torch.zeros_like(commit_h)
+        for b, count in enumerate(counts_h):
+            if not count:
+                continue
+            cols = order_h[b, :count].tolist()
+            pairs = tuple((w, int(tokens_h[b, w])) for w in cols)
+            memo = self._memo.setdefault(b, {})
+            if pairs not in memo:
+                kept, vetoed = self._check_row(b, [(w + offsets[b], t) for w, t in pairs])
+                memo[pairs] = (kept, vetoed)
+                memo[tuple(p for p, k in zip(pairs, kept) if k)] = ([True] * sum(kept), [False] * sum(kept))
+            kept, vetoed = memo[pairs]
+            for (w, _), k, v in zip(pairs, kept, vetoed):
+                keep[b, w] = k
+                veto[b, w] = v
+            self._kept[b] = {(w + offsets[b], t) for (w, t), k in zip(pairs, kept) if k}
+        self._veto = veto.to(device)
+        decision.commit = commit & keep.to(device) | (commit & self._veto)  # vetoed rows re-select anyway
+        self.seconds += time.perf_counter() - started
+        return decision
+
+    def _check_row(self, b: int, pairs: list[tuple[int, int]]) -> tuple[list[bool], list[bool]]:
+        """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags."""
+        state, oracle = self.states[b], self.oracle
+        kept, vetoed = [], []
+        scratch = None  # the row's canvas plus this step's accepted tokens
+        for pos, tok in pairs:
+            code = oracle.code(tok)
+            cells = state.cells if scratch is None else scratch
+            if code == EOS and (cells[:pos] == EOS).any() and (scratch is not None or state.feasible()):
+                if scratch is None:  # an EOS after the end of output changes nothing: no check needed
+                    scratch = state.cells.copy()
+                scratch[pos] = code
+                kept.append(True)
+                vetoed.append(False)
+                continue
+            if scratch is None:
+                ok = state.allows(pos, tok)
+                if ok:
+                    scratch = state.cells.copy()
+                    scratch[pos] = oracle.code(tok)
+                kept.append(ok)
+                vetoed.append(not ok)
+                continue
+            cand = scratch.copy()
+            cand[pos] = oracle.code(tok)
+            ok = not oracle.excluded[tok] and oracle.status_cells(cand) == 1
+            state.checks += 1
+            if ok:
+                scratch = cand
+                kept.append(True)
+                vetoed.append(False)
+            elif state.allows(pos, tok):  # fine alone: a conflict with an earlier token of this step
+                self.conflicts[self.caller[b]] = self.conflicts.get(self.caller[b], 0) + 1
+                kept.append(False)
+                vetoed.append(False)
+            else:
+                kept.append(False)
+                vetoed.append(True)
+            if vetoed[-1]:  # the row re-selects anyway: leave the rest for then
+                break
+        missing = len(pairs) - len(kept)
+        return kept + [False] * missing, vetoed + [False] * missing
+
+    def reject(self, view: StepView, decision: Decision) -> torch.Tensor | None:
+        return self._veto & decision.commit
+
+    def committed(self, view: StepView, commit: torch.Tensor, tokens: torch.Tensor) -> None:
+        self._epoch += 1
+        self._memo = {}
+        where = commit.nonzero().tolist()
+        values = tokens[commit].tolist()
+        offsets = (view.span[0] - view.gen_start).tolist()
+        landed: dict[int, set] = {}
+        for (b, w), t in zip(where, values):
+            self.states[b].commit(w + offsets[b], t)
+            landed.setdefault(b, set()).add((w + offsets[b], t))
+        for b, pairs in landed.items():  # a subset of a checked, feasible set of commits stays feasible
+            if pairs <= self._kept.get(b, set()):
+                self.states[b]._feasible = True
+        self._kept = {}
+        end = getattr(self.engine, "end", None)
+        if end is not None:  # a filter pulled a row's end in: the columns from it on are EOS now
+            for b, e in enumerate(end.tolist()):
+                if e < self.ends[b]:
+                    self._resync(b, view)
+                    self.ends[b] = e
+
+    def _resync(self, b: int, view: StepView) -> None:
+        a = int(view.gen_start[b])
+        region = view.canvas[b, a:a + len(self.states[b])].tolist()
+        state = self.oracle.start(region)
+        self.states[b] = state
+        self.all_states[self.caller[b]] = state
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        keep = rows.tolist()
+        self.states = [self.states[i] for i in keep]
+        self.caller = [self.caller[i] for i in keep]
+        self.ends = [self.ends[i] for i in keep]
+        self._memo = {}
+
+    # ------------------------------------------------------------------------------------------------
+    def finish(self, stats) -> None:
+        rows = sorted(self.all_states)
+        states = [self.all_states[r] for r in rows]
+        stats.counters["grammar_checks"] = [s.checks for s in states]
+        stats.counters["grammar_rejections"] = [s.rejections for s in states]
+        stats.counters["grammar_cap_hits"] = [s.cap_hits for s in states]
+        stats.counters["grammar_conflicts"] = [self.conflicts.get(r, 0) for r in rows]
+        stats.counters["grammar_seconds"] = [self.seconds]
+        for row, state in zip(rows, states):
+            if row < len(stats.status) and stats.status[row] == "stuck" and not state.complete:
+                witness = state.witness_text()
+                if witness is not None:
+                    stats.witnesses[row] = witness
+                    stats.reasons[row] = (stats.reasons.get(row, "stuck") +
+                                          "; a completion the grammar accepts is in stats.witnesses[row]")
+
+    def describe(self) -> dict:
+        grammar = self.grammar if isinstance(self.grammar, (str, dict)) else type(self.grammar).__name__
+        return {"filter": self.name, "grammar": grammar, "grammar_backend": self.grammar_backend,
+                "open_end": self.open_end}

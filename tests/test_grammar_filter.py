@@ -1,0 +1,136 @@
+"""Grammar-constrained generation end to end: the ``grammar`` filter, templates and schema scaffolds, errors."""
+
+import json
+
+import jsonschema
+import pytest
+
+import dllm
+from dllm.grammars import load_grammar
+from dllm.grammars.scaffold import parse_template, schema_pieces
+
+from helpers import one_line_error, random_model, random_prompts
+
+SCHEMA = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 99},
+                                           "ok": {"type": "boolean"}, "tag": {"enum": ["a", "b"]}},
+          "required": ["id"]}
+
+
+def check_outputs(out, grammar, schema=None):
+    """Finished rows parse (lark and json.loads) and validate; stuck rows carry a witness that does."""
+    finished = 0
+    for row, (text, status) in enumerate(zip(out.texts, out.status)):
+        if status == "stuck":
+            text = out.stats.witnesses[row]
+            assert "witnesses" in out.stats.reasons[row]
+        else:
+            finished += 1
+        assert grammar.parses(text), (status, text)
+        value = json.loads(text)
+        if schema is not None:
+            jsonschema.validate(value, schema)
+    return finished
+
+
+CASES = [("llada", "none", "static", {}), ("llada", "prefix", "threshold", {"threshold": 0.5}),
+         ("llada", "dual", "localleap", {}), ("dream", "none", "threshold", {"threshold": 0.0}),
+         ("sdar", "block", "threshold", {"threshold": 0.3}), ("fast_dllm_v2", "block", "static", {})]
+
+
+@pytest.mark.parametrize("family,cache,sampler,options", CASES)
+def test_every_finished_output_parses(family, cache, sampler, options):
+    model = random_model(family, 21)
+    prompts = random_prompts(model, 3, 22)
+    block = 8 if model.attention == "full" else None
+    out = dllm.generate(model, prompts, sampler=sampler, cache=cache, gen_length=16, block_length=block,
+                        grammar="json", max_rejections=4000, **options)
+    assert check_outputs(out, load_grammar("json")) >= 1
+    assert len(out.stats.counters["grammar_checks"]) == 3
+
+
+@pytest.mark.parametrize("family,cache", [("llada", "dual"), ("sdar", "block")])
+def test_schema_constraint_outputs_validate(family, cache):
+    model = random_model(family, 23)
+    prompts = random_prompts(model, 2, 24)
+    block = 8 if model.attention == "full" else None
+    out = dllm.generate(model, prompts, sampler="threshold", threshold=0.4, cache=cache, gen_length=24,
+                        block_length=block, grammar=SCHEMA, max_rejections=4000)
+    check_outputs(out, load_grammar(SCHEMA), SCHEMA)
+
+
+@pytest.mark.parametrize("family", ["llada", "sdar"])
+def test_template_keeps_its_text_and_counts_only_generated_tokens(family):
+    model = random_model(family, 25)
+    prompts = random_prompts(model, 2, 26)
+    template = '{"a": <mask:4>, "b": [<mask:5>]}'
+    out = dllm.generate(model, prompts, sampler="threshold", threshold=0.5, template=template, grammar="json",
+                        max_rejections=4000)
+    check_outputs(out, load_grammar("json"))
+    fixed = len(model.tokenizer.encode('{"a": , "b": []}', add_special_tokens=False))
+    for row, text in enumerate(out.texts):
+        if out.status[row] != "stuck":
+            assert text.startswith('{"a": ') and text.endswith("]}") and '"b": [' in text
+            assert out.stats.row_tokens[row] == len(out.sequences[row]) - fixed
+    # without a grammar the template still holds (no EOS can cut it off)
+    plain = dllm.generate(model, prompts, template=template)
+    assert all(t.startswith('{"a": ') and t.endswith("]}") for t in plain.texts)
+
+
+def test_schema_scaffold_on_the_tiny_model():
+    model = dllm.load("tiny")
+    from dllm.tiny.tasks import load_test_set
+
+    examples = load_test_set("json")[:3]
+    for example in examples:
+        record = json.loads(example.target)
+        schema = {"type": "object", "required": list(record),
+                  "properties": {k: {"type": "integer" if isinstance(v, int) else "string"} for k, v in record.items()}}
+        for threshold in (0.9, 0.0):
+            out = dllm.generate(model, [example.prompt], sampler="threshold", threshold=threshold, schema=schema,
+                                slot_length={"string": 3, "integer": 2})
+            jsonschema.validate(json.loads(out.texts[0]), schema)
+            assert json.loads(out.texts[0]) == record
+            assert out.stats.tokens < len(out.sequences[0])  # keys are fixed text, not generated
+
+
+def test_schema_pieces_and_template_parsing():
+    assert parse_template('{"a": <mask:3>, "b": <mask>}') == ['{"a": ', 3, ', "b": ', 1, "}"]
+    assert schema_pieces({"type": "object", "properties": {"a": {"type": "string"}, "b": {"const": 1}}}) == \
+        ['{"a":', 5, ' "b":1}']
+    assert schema_pieces(SCHEMA, slot_length={"id": 2, "boolean": 3}) == ['{"id":', 2, ' "ok":', 3, ' "tag":', 2]
+    assert schema_pieces({"type": "integer"}, slot_length=4) == [4]
+
+
+def test_stuck_rows_get_a_witness():
+    model = random_model("llada", 27)
+    prompts = random_prompts(model, 2, 28)
+    out = dllm.generate(model, prompts, gen_length=16, block_length=8, grammar="json", max_rejections=0)
+    assert "stuck" in out.status
+    check_outputs(out, load_grammar("json"))
+
+
+def test_the_filter_by_name():
+    model = random_model("llada", 29)
+    prompts = random_prompts(model, 2, 30)
+    out = dllm.generate(model, prompts, gen_length=8, block_length=8, filters=["grammar"], max_rejections=4000)
+    check_outputs(out, load_grammar("json"))
+
+
+def test_bad_input_errors_come_before_any_forward(tmp_path):
+    model = random_model("llada", 31)
+    prompts = random_prompts(model, 1, 32)
+    calls = []
+    network = model.network.forward
+    model.network.forward = lambda *a, **k: calls.append(1) or network(*a, **k)
+    bad = tmp_path / "bad.lark"
+    bad.write_text('start: "a"\nfoo: : "b"\n')
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar=str(bad)), "line 2", "column")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="start: a\na: a"), "no string")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, schema={"type": "string", "pattern": "x"}), "'pattern'")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, template='] <mask:3>', grammar="json"), "template",
+                   "never be completed")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, template='[<mask:40>]', gen_length=16, block_length=8),
+                   "longer than the canvas")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, schema=SCHEMA, grammar="json"), "not both")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, slot_length=3), "schema=")
+    assert calls == []
