@@ -40,14 +40,22 @@ def parse_option(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def check_device(device) -> str | None:
@@ -121,8 +129,22 @@ def _generate_arguments(parser):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     parser.add_argument("--chat", action="store_true", help="wrap prompts in the checkpoint's chat template")
-    parser.add_argument("--modifiers", default=None, help="comma-separated ranking modifiers, e.g. eoser "
+    parser.add_argument("--modifiers", default=None, help="ranking modifiers, comma- or '+'-separated, e.g. eoser "
                         "(their options with -o, e.g. -o gamma_min=0.01)")
+    parser.add_argument("--eotp", default=None, choices=("committed", "predicted"), metavar="MODE",
+                        help="End-of-Text prediction: cut a row's EOS tail once an EOS is committed (committed) "
+                        "or predicted (predicted)")
+    parser.add_argument("--max-rejections", type=non_negative_int, default=None, metavar="N",
+                        help="filter rejections per row before it ends as stuck (default 100)")
+    structure = parser.add_mutually_exclusive_group()
+    structure.add_argument("--grammar", default=None, metavar="SPEC",
+                           help="constrain the output: json, or a .lark grammar file")
+    structure.add_argument("--schema", type=Path, default=None, metavar="PATH",
+                           help="a JSON Schema file: its grammar, and a scaffold of its skeleton laid into the output")
+    parser.add_argument("--template", default=None, metavar="TEXT",
+                        help="output template with <mask:N> slots, e.g. '{\"name\": \"<mask:8>\"}'")
+    parser.add_argument("--slot-length", type=positive_int, default=None, metavar="N",
+                        help="tokens per value slot of the --schema scaffold")
     parser.add_argument("--stream", action="store_true",
                         help="show the canvas filling in, one line per step on stderr (MASK shown as _)")
     add_common_arguments(parser, "any other sampler, cache or decoding option, e.g. -o factor=1.0 -o refresh_every=4")
@@ -143,8 +165,15 @@ def decoding_kwargs(args, model) -> dict:
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
     if args.modifiers:
-        kwargs["modifiers"] = [m.strip() for m in args.modifiers.split(",") if m.strip()]
+        kwargs["modifiers"] = registry.split_names(args.modifiers, "--modifiers")
+    for key in ("eotp", "max_rejections", "grammar", "template", "slot_length"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    if args.schema is not None:
+        kwargs["schema"] = str(args.schema)
     kwargs.update(dict(args.option))
+    if kwargs.get("template") is not None or kwargs.get("schema") is not None:
+        return kwargs  # without --gen-length the canvas is the template, rounded up to whole blocks
     if kwargs["gen_length"] is None:
         kwargs["gen_length"] = default_gen_length(model)
     if kwargs["block_length"] is None and model.attention != "block_causal":
@@ -175,13 +204,19 @@ def _generate(args) -> int:
 
         progress = tqdm(total=len(prompts), desc="generate", unit="prompt", file=sys.stderr)
     totals = {"tokens": 0, "forwards": 0, "seconds": 0.0, "nfe": 0}
+    methods = {"accepted": [], "rejections": None, "stuck": 0}
     done, out = 0, None
     try:
         for batch in batches:
             out = streamed(model, batch, kwargs) if args.stream else dllm.generate(model, batch, **kwargs)
-            for prompt, text, tokens, nfe in zip(batch, out.texts, out.stats.row_tokens, out.stats.row_nfe):
+            for row, (prompt, text, tokens, nfe) in enumerate(zip(batch, out.texts, out.stats.row_tokens,
+                                                                  out.stats.row_nfe)):
                 if args.json:
-                    print(json.dumps({"prompt": prompt, "text": text, "tokens": tokens, "nfe": nfe}))
+                    record = {"prompt": prompt, "text": text, "tokens": tokens, "nfe": nfe,
+                              "status": out.stats.status[row] if row < len(out.stats.status) else None}
+                    if row in out.stats.witnesses:
+                        record["witness"] = out.stats.witnesses[row]
+                    print(json.dumps(record))
                 else:
                     print(text if len(prompts) == 1 else f"--- {prompt!r}\n{text}")
             done += len(batch)
@@ -189,6 +224,7 @@ def _generate(args) -> int:
             totals["forwards"] += sum(out.stats.row_nfe)
             totals["nfe"] += out.stats.nfe
             totals["seconds"] += out.stats.seconds
+            _add_method_stats(methods, out.stats)
             if progress is not None:
                 progress.update(len(batch))
     except KeyboardInterrupt:
@@ -201,8 +237,28 @@ def _generate(args) -> int:
     speed = totals["tokens"] / totals["seconds"] if totals["seconds"] else 0.0
     print(f"[dllm] {len(prompts)} prompt(s), {totals['tokens']} tokens, NFE {totals['nfe']}, TPF {tpf:.2f}, "
           f"{totals['seconds']:.2f}s, {speed:.1f} tok/s, sampler {out.stats.sampler['sampler']}, "
-          f"cache {out.stats.cache['cache']}", file=sys.stderr)
+          f"cache {out.stats.cache['cache']}{_method_summary(methods)}", file=sys.stderr)
     return 0
+
+
+def _add_method_stats(methods: dict, stats) -> None:
+    """Accumulate what the summary line reports beside NFE/TPF: FreeDave's accepted draft lengths, grammar
+    rejections, stuck rows."""
+    methods["accepted"].extend(stats.counters.get("accepted") or [])
+    if "grammar_rejections" in stats.counters:
+        methods["rejections"] = (methods["rejections"] or 0) + sum(stats.counters["grammar_rejections"])
+    methods["stuck"] += sum(status == "stuck" for status in stats.status)
+
+
+def _method_summary(methods: dict) -> str:
+    parts = []
+    if methods["accepted"]:
+        parts.append(f"accepted {sum(methods['accepted']) / len(methods['accepted']):.2f}")
+    if methods["rejections"] is not None:
+        parts.append(f"grammar rejections {methods['rejections']}")
+    if methods["rejections"] is not None or methods["stuck"]:
+        parts.append(f"stuck {methods['stuck']}")
+    return "".join(f", {p}" for p in parts)
 
 
 def streamed(model, prompts: list[str], kwargs: dict):
@@ -213,8 +269,10 @@ def streamed(model, prompts: list[str], kwargs: dict):
     canvases: dict[int, list[int]] = {}
     for event in run:
         for row, commits in event.commits.items():
-            canvas = canvases.setdefault(row, [model.mask_id] * kwargs["gen_length"])
+            canvas = canvases.setdefault(row, [model.mask_id] * (kwargs.get("gen_length") or 0))
             for position, token in commits:
+                if position >= len(canvas):  # a template's canvas: its size is known once decoding runs
+                    canvas.extend([model.mask_id] * (position + 1 - len(canvas)))
                 canvas[position] = token
         for row in sorted(event.commits):
             shown = "".join("_" if t == model.mask_id else model.decode([t]) for t in canvases[row])
@@ -223,6 +281,10 @@ def streamed(model, prompts: list[str], kwargs: dict):
 
 
 register_command("generate", "decode prompts and print texts with speed statistics", _generate_arguments, _generate)
+
+from .learn2pd.cli import HELP as _TRAIN_FILTER_HELP, add_arguments as _train_filter_arguments, command as _train_filter  # noqa: E402
+
+register_command("train-filter", _TRAIN_FILTER_HELP, _train_filter_arguments, _train_filter)
 
 
 def read_prompts(args) -> list[str]:
@@ -279,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command][2](args) or 0
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # OSError: e.g. train-filter's unwritable --out
         print(f"dllm {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except Interrupted as exc:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, fields
 from typing import Iterator, Sequence
 
 import torch
 
-from . import caches, filters, modifiers, samplers
+from . import caches, filters, modifiers, registry, samplers
 from .engine.canvas import build_canvas
 from .engine.events import StepEvent
 from .engine.loop import DecodeSettings, Engine, LogitProcessor  # noqa: F401  (LogitProcessor: public type)
@@ -24,9 +25,9 @@ Prompt = str | Sequence[int]
 def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Generation:
     """Decode ``prompts`` (strings, or token-id lists) with a sampler over a cache; see README for examples.
 
-    * ``gen_length`` tokens per prompt, decoded in blocks of ``block_length``. Defaults: the checkpoint's
-      ``generation_config.json`` (the embedded models ship theirs), else 128 and 32 (or ``gen_length`` when 32
-      does not divide it); block-causal families: the model's block size. Full-attention families align blocks
+    * ``gen_length`` tokens per prompt, decoded in blocks of ``block_length``. Defaults
+      (:mod:`dllm.canvas_defaults`): the checkpoint's ``generation_config.json`` (the embedded models ship theirs),
+      else 128 and 32 (or ``gen_length`` when 32 does not divide it); block-causal families: the model's block size. Full-attention families align blocks
       to the prompt end; block-causal ones to absolute multiples of the block size.
     * ``sampler`` (default ``"static"``) and its options as keywords (e.g. ``threshold=0.9``); ``steps``: the
       step budget of step-scheduled samplers (default ``gen_length``: one token per step), a multiple of the
@@ -45,6 +46,9 @@ def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Gene
     * ``confidence``: ``"prob"`` (default), ``"margin"`` or ``"entropy"`` — what samplers rank by.
     * ``chat`` / ``system``: wrap string prompts in the checkpoint's chat template, with a system turn.
     * ``return_trajectory``: also record every step's commits (``out.trajectory``).
+    * ``eotp``: End-of-Text prediction with any sampler (``"committed"``: once a row commits EOS, everything after
+      it is cut; ``"predicted"``: cut at a confidently predicted EOS). ``max_rejections``: filter vetoes a row
+      may collect before it ends as ``"stuck"``.
     * ``grammar``: constrain the output to a grammar — ``"json"``, a ``.lark`` path, Lark text, or a JSON Schema
       dict (no scaffold); every committed token keeps the output completable (filter ``grammar``,
       ``dllm/filters/grammar.py``); rows left with no allowed token end as ``"stuck"`` with a completion in
@@ -80,44 +84,76 @@ class Stream:
         self.result = self._request.collect(self._engine)
 
 
-_DEFAULTS = dict(sampler="static", cache=None, gen_length=None, block_length=None, steps=None, temperature=0.0,
-                 cfg_scale=0.0, seed=None, stop=None, chat=False, system=None, return_trajectory=False,
-                 confidence="prob", ar_first=None, eos_ids=None, processors=(), modifiers=(), filters=(),
-                 max_rejections=100, eotp=None, grammar=None, schema=None, template=None, slot_length=None)
+@dataclass
+class GenerateOptions:
+    """``dllm.generate``'s own keywords (anything else is a sampler, cache, modifier or filter option).
+
+    Values are checked against these types once, wherever they come from (Python, ``-o``, lm-eval model args):
+    ``temperature="hot"`` or ``steps=True`` fail in one line naming the option.
+    """
+
+    sampler: object = "static"  # a registered name or a Sampler object
+    cache: str | None = None
+    gen_length: int | None = None
+    block_length: int | None = None
+    steps: int | None = None
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    seed: object = None  # int, or one int per prompt
+    stop: object = None  # str or list of str
+    chat: bool = False
+    system: str | None = None
+    return_trajectory: bool = False
+    confidence: str = "prob"
+    ar_first: bool | None = None
+    eos_ids: object = None
+    processors: object = ()
+    modifiers: object = ()
+    filters: object = ()
+    max_rejections: int = 100
+    eotp: object = None  # "committed", "predicted" (True = committed)
+    grammar: object = None
+    schema: object = None
+    template: object = None
+    slot_length: object = None
+
+
+_OWN = {f.name for f in fields(GenerateOptions)}
 
 
 def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"]:
     """Validate a request and build its engine and canvas (no forward runs here)."""
     if "trajectory" in kwargs:
         raise ValueError("unknown option 'trajectory': the keyword is return_trajectory=True")
-    args = {**_DEFAULTS, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULTS}}
+    own = {k: kwargs.pop(k) for k in list(kwargs) if k in _OWN}
+    args = GenerateOptions(**registry.coerce_options(GenerateOptions, own, "dllm.generate"))
     options = kwargs
-    prompt_ids = _encode_prompts(model, prompts, args["chat"], args["system"])
+    prompt_ids = _encode_prompts(model, prompts, args.chat, args.system)
     grammar, templates = _structure(model, args, len(prompt_ids))
-    gen_length = args["gen_length"] if args["gen_length"] is not None else default_gen_length(model)
-    if templates is not None and args["gen_length"] is None:  # the template, rounded up to whole blocks
-        block = args["block_length"] or (model.block_size if model.attention == "block_causal" else None) \
+    gen_length = args.gen_length if args.gen_length is not None else default_gen_length(model)
+    if templates is not None and args.gen_length is None:  # the template, rounded up to whole blocks
+        block = args.block_length or (model.block_size if model.attention == "block_causal" else None) \
             or model.canvas_defaults.get("block_length") or 32
         gen_length = -(-max(len(t) for t in templates) // block) * block
     if isinstance(gen_length, bool) or not isinstance(gen_length, int) or gen_length < 1:
         raise ValueError(f"gen_length must be a positive integer (got {gen_length!r})")
-    block_length = args["block_length"]
+    block_length = args.block_length
     block_causal = model.attention == "block_causal"
-    cache_name = args["cache"] or ("block" if block_causal else "none")
+    cache_name = args.cache or ("block" if block_causal else "none")
     cache_options = {k: options.pop(k) for k in list(options) if k in caches.base.all_option_names()}
     cache_obj = caches.build(cache_name, model.attention, model.family, cache_options)
-    modifier_objs = _plugins(modifiers, args["modifiers"], options)
-    filter_objs = _plugins(filters, args["filters"], options)
+    modifier_objs = _plugins(modifiers, args.modifiers, options)
+    filter_objs = _plugins(filters, args.filters, options)
     grammar_filter = None
     if grammar is not None:
         mine = {k: options.pop(k) for k in ("grammar_backend", "open_end") if k in options}
         grammar_filter = filters.build("grammar", {"grammar": grammar, **mine})
         filter_objs.append(grammar_filter)  # after the user's filters: it checks what they let through
-    sampler_obj = samplers.build(args["sampler"], options)
+    sampler_obj = samplers.build(args.sampler, options)
 
     block_length = _block_length(model, gen_length, block_length, cache_options.get("sub_block"))
     layout = sampler_obj.layout(gen_length, block_length)
-    steps = args["steps"]
+    steps = args.steps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer (got {steps!r})")
     steps_per_span = None
@@ -134,27 +170,27 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
             raise ValueError(f"steps={steps} is not a multiple of the number of blocks ({num_blocks} = "
                              f"gen_length {gen_length} / block_length {block_length}): use e.g. steps={num_blocks * max(1, steps // num_blocks)}")
         steps_per_span = steps // num_blocks
-    temperature, cfg_scale = _number("temperature", args["temperature"]), _number("cfg_scale", args["cfg_scale"])
-    if args["confidence"] not in CONFIDENCES:
-        raise ValueError(f"unknown confidence '{args['confidence']}': use one of {', '.join(CONFIDENCES)}")
+    temperature, cfg_scale = _number("temperature", args.temperature), _number("cfg_scale", args.cfg_scale)
+    if args.confidence not in CONFIDENCES:
+        raise ValueError(f"unknown confidence '{args.confidence}': use one of {', '.join(CONFIDENCES)}")
     _check_context(model, prompt_ids, gen_length)
 
-    stop = args["stop"]
+    stop = args.stop
     stop_strings = normalize_stops(stop)
-    eos = tuple(int(i) for i in (args["eos_ids"] if args["eos_ids"] is not None else model.eos_ids))
-    ar_first = args["ar_first"]
+    eos = tuple(int(i) for i in (args.eos_ids if args.eos_ids is not None else model.eos_ids))
+    ar_first = args.ar_first
     if ar_first is None:
         ar_first = model.logit_shift and block_causal
     if ar_first:
         filter_objs = [filters.build("ar_opening")] + filter_objs
-    if args["eotp"]:  # End-of-Text prediction: last, so it sees every other filter's commits
-        filter_objs = filter_objs + [filters.build("eotp", {"mode": "committed" if args["eotp"] is True else args["eotp"]})]
+    if args.eotp:  # End-of-Text prediction: last, so it sees every other filter's commits
+        filter_objs = filter_objs + [filters.build("eotp", {"mode": "committed" if args.eotp is True else args.eotp})]
     generators = None
     if temperature > 0 or sampler_obj.needs_generator:
-        generators = _generators(args["seed"], len(prompt_ids), model.device)
-    elif args["seed"] is not None:
-        _generators(args["seed"], len(prompt_ids), model.device)  # validate it all the same
-    max_rejections = args["max_rejections"]
+        generators = _generators(args.seed, len(prompt_ids), model.device)
+    elif args.seed is not None:
+        _generators(args.seed, len(prompt_ids), model.device)  # validate it all the same
+    max_rejections = args.max_rejections
     if isinstance(max_rejections, bool) or not isinstance(max_rejections, int) or max_rejections < 0:
         raise ValueError(f"max_rejections must be an integer >= 0 (got {max_rejections!r})")
 
@@ -162,14 +198,14 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     canvas = build_canvas(prompt_ids, gen_length, block_length, mask_id=model.mask_id, pad_id=model.pad_id,
                           block_size=model.block_size if block_causal else None, device=model.device,
                           span_lengths=layout, fixed=fixed)
-    processors = list(args["processors"])
+    processors = list(args.processors)
     if fixed is not None:
         processors.append(_template_guard(fixed, canvas, model.mask_id, eos))
     if grammar_filter is not None:
         grammar_filter.attach(model, canvas, eos)  # an impossible template fails here, before any forward
     settings = DecodeSettings(steps_per_span=steps_per_span, temperature=temperature, cfg_scale=cfg_scale,
-                              confidence=args["confidence"], eos_ids=eos, stop_strings=stop_strings,
-                              record=args["return_trajectory"], generators=generators,
+                              confidence=args.confidence, eos_ids=eos, stop_strings=stop_strings,
+                              record=args.return_trajectory, generators=generators,
                               processors=processors, max_rejections=max_rejections)
     engine = Engine(model, sampler_obj, cache_obj, settings, modifier_objs, filter_objs)
     request = _Request(model, prompt_ids, canvas.pad.tolist(), canvas.gen_start.tolist(), gen_length, eos, stop_strings,
@@ -177,11 +213,11 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     return engine, canvas, request
 
 
-def _structure(model: Model, args: dict, rows: int):
+def _structure(model: Model, args: GenerateOptions, rows: int):
     """The grammar spec and the template cells per row (or None) from ``grammar`` / ``schema`` / ``template``."""
     from .grammars import load_grammar, scaffold
 
-    grammar, schema, template = args["grammar"], args["schema"], args["template"]
+    grammar, schema, template = args.grammar, args.schema, args.template
     if schema is not None:
         if grammar is not None:
             raise ValueError("give grammar= or schema=, not both (schema= is the grammar of its instances)")
@@ -195,8 +231,8 @@ def _structure(model: Model, args: dict, rows: int):
         grammar = schema
         load_grammar(schema)  # unsupported keywords fail with their own message before the scaffold is laid
         if template is None:
-            template = [scaffold.schema_pieces(schema, args["slot_length"])]
-    elif args["slot_length"] is not None:
+            template = [scaffold.schema_pieces(schema, args.slot_length)]
+    elif args.slot_length is not None:
         raise ValueError("slot_length sizes the slots of a schema scaffold: pass schema= too")
     if template is None:
         return grammar, None

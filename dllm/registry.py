@@ -124,6 +124,27 @@ def parse_spec(entry: str, flag: str, example: str = "dual:refresh_every=2") -> 
     return name, options
 
 
+def split_names(value, what: str = "modifiers") -> list[str]:
+    """Plug-in names from text ``"a+b"`` or ``"a,b"`` (``+`` where a comma cannot separate list items: lm-eval
+    ``model_args``, ``--samplers`` entries) or from a list; None, ``""``, ``"none"`` and False give []."""
+    if value is None or value is False:
+        return []
+    if isinstance(value, str):
+        items = value.replace("+", ",").split(",")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"{what}={value!r} must be names joined by '+' (e.g. eoser+other) or a list of names")
+    names = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{what}: {item!r} is not a name (give names joined by '+', e.g. eoser+other)")
+        item = item.strip()
+        if item and item.lower() != "none" and item not in names:
+            names.append(item)
+    return names
+
+
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 _NONE_WORDS = ("none", "null")
 

@@ -152,3 +152,93 @@ def test_ctrl_c_prints_one_line_saying_what_was_kept(monkeypatch, capsys):
     assert code == 130
     assert captured.err.strip() == "dllm generate: interrupted: 1 of 3 prompt(s) decoded (printed above); the batch in flight is lost"
     assert captured.out.startswith("--- 'a'\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# structure, EoTP, modifiers and method statistics from the command line (the embedded model)
+# --------------------------------------------------------------------------------------------------
+JSON_PROMPT = "To JSON: The box weighs 12 kg, is painted black and is built from copper.\n"
+SCHEMA = {"type": "object", "properties": {"item": {"type": "string"}, "weight": {"type": "integer"}},
+          "required": ["item", "weight"]}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return dllm.load("tiny")
+
+
+def generate_json(capsys, *flags):
+    assert main(["generate", "--prompt", JSON_PROMPT, "--json", "--threads", "1", *flags]) == 0
+    captured = capsys.readouterr()
+    return [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+def test_grammar_schema_template_flags_match_the_api(tiny, tmp_path, capsys):
+    [row], err = generate_json(capsys, "--grammar", "json")
+    direct = dllm.generate(tiny, JSON_PROMPT, grammar="json")
+    assert row["text"] == direct.texts[0] and json.loads(row["text"])["item"] == "box" and row["status"] == "eos"
+    assert err.rstrip().endswith(", grammar rejections 0, stuck 0")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    # the tiny model's JSON has more fields than this schema allows: the row ends stuck, with a witness
+    [row], err = generate_json(capsys, "--schema", str(schema), "--slot-length", "4", "--max-rejections", "5")
+    direct = dllm.generate(tiny, JSON_PROMPT, schema=str(schema), slot_length=4, max_rejections=5)
+    assert row["text"] == direct.texts[0] and row["status"] == "stuck" == direct.status[0]
+    assert row["witness"] == direct.stats.witnesses[0]
+    assert f"grammar rejections {sum(direct.stats.counters['grammar_rejections'])}, stuck 1" in err
+    template = '{"item": "<mask:4>"}'
+    [row], _ = generate_json(capsys, "--template", template)
+    direct = dllm.generate(tiny, JSON_PROMPT, template=template)
+    assert row["text"] == direct.texts[0] and row["text"].startswith('{"item": "') and row["text"].endswith("}")
+    assert main(["generate", "--prompt", JSON_PROMPT, "--template", template, "--stream", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.strip() == direct.texts[0]  # no --gen-length: the canvas is the template's
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--slot-length", "4"], "slot_length sizes the slots of a schema scaffold: pass schema= too"),
+    (["--grammar", "/no/such.lark"], "grammar file not found: /no/such.lark"),
+    (["--schema", "/no/such.json"], "schema must be a dict or the path of a JSON file"),
+])
+def test_bad_structure_flags_are_one_line_errors(capsys, flags, message):
+    assert main(["generate", "--prompt", "hi", *flags]) == 2
+    err = err_line(capsys)
+    assert err.startswith("dllm generate: error: ") and message in err
+
+
+def test_grammar_and_schema_exclude_each_other_and_eotp_takes_two_modes(capsys):
+    for flags in (["--grammar", "json", "--schema", "x.json"], ["--eotp", "sometimes"], ["--max-rejections", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            main(["generate", "--prompt", "hi", *flags])
+        assert info.value.code == 2
+        capsys.readouterr()
+
+
+def test_eotp_and_modifier_flags_match_the_api(tiny, capsys):
+    prompts = [JSON_PROMPT, "Sort: 31 12 19\n"]
+    assert main(["generate", "--prompt", prompts[0], "--prompt", prompts[1], "--json", "--modifiers", "eoser+",
+                 "-o", "gamma_min=0.01", "--eotp", "predicted", "--threads", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    direct = dllm.generate(tiny, prompts, modifiers=["eoser"], gamma_min=0.01, eotp="predicted")
+    assert [r["text"] for r in rows] == direct.texts and [r["nfe"] for r in rows] == direct.stats.row_nfe
+    assert direct.stats.modifiers and direct.stats.modifiers[0]["gamma_min"] == 0.01
+
+
+def test_freedave_reports_its_mean_accepted_draft_length(tiny, capsys):
+    [row], err = generate_json(capsys, "--sampler", "freedave")
+    direct = dllm.generate(tiny, JSON_PROMPT, sampler="freedave")
+    accepted = direct.stats.counter_summaries["accepted"]["mean"]
+    assert row["text"] == direct.texts[0] and f", accepted {accepted:.2f}" in err
+    assert "grammar rejections" not in err and "stuck" not in err  # only what the run produced
+
+
+def test_train_filter_is_a_registered_subcommand(tmp_path, capsys):
+    from dllm.cli import COMMANDS
+    from dllm.learn2pd import cli as learn2pd_cli
+
+    assert COMMANDS["train-filter"][0] == learn2pd_cli.HELP
+    with pytest.raises(SystemExit) as info:
+        main(["train-filter", "--help"])
+    assert info.value.code == 0 and "--max-iterations" in capsys.readouterr().out
+    assert main(["train-filter", "--model", "tiny", "--out", str(tmp_path / "f")]) == 2
+    assert err_line(capsys) == ("dllm train-filter: error: no training prompts: pass --tasks T1,T2 (embedded tasks) "
+                                "or --prompts FILE")

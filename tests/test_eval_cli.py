@@ -218,3 +218,44 @@ def test_lm_eval_refuses_few_shot_on_the_zero_shot_embedded_tasks(capsys):
                  "--num_fewshot", "8", "--limit", "1"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err.startswith("dllm lm-eval: error: --num_fewshot 8: dllm_sort is zero-shot by design")
+
+
+def test_modifiers_grammar_and_method_columns_in_a_sweep(tmp_path, capsys):
+    # modifiers (joined by "+") and their options inside a --samplers entry, grammar / EoTP for every combination
+    code = main(["eval", "--model", "tiny", "--tasks", "dllm_json", "--samplers",
+                 "static:modifiers=eoser+:gamma_min=0.01,freedave", "-o", "grammar=json", "-o", "eotp=committed",
+                 "--limit", "2", "--output", str(tmp_path), "--no-progress", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| seconds | valid JSON | accepted | rejections/sample | stuck |" in printed
+    rows = {line.split(" | ")[1]: line for line in printed.splitlines() if line.startswith("| dllm_json")}
+    assert set(rows) == {"static:modifiers=eoser+:gamma_min=0.01", "freedave"}
+    assert rows["static:modifiers=eoser+:gamma_min=0.01"].endswith("| 1.000 | - | 0.00 | 0 |")  # no FreeDave drafts
+    [path] = tmp_path.glob("freedave__*.json")
+    saved = json.loads(path.read_text())
+    speed = saved["config"]["dllm"]["speed"]["dllm_json"]
+    assert speed["accepted_mean"] > 1 and speed["json_valid_rate"] == 1.0 and speed["stuck"] == 0
+    assert saved["config"]["dllm"]["settings"]["grammar"] == "json" and saved["config"]["dllm"]["settings"]["eotp"] == "committed"
+    [path] = tmp_path.glob("static_modifiers-eoser__gamma_min-0.01__*.json")
+    settings = json.loads(path.read_text())["config"]["dllm"]["settings"]
+    assert settings["modifiers"] == ["eoser"] and settings["modifier_options"] == {"gamma_min": 0.01}
+
+
+def test_modifier_options_route_by_name_in_specs_and_shared_options(tmp_path, capsys):
+    from dllm.eval.sweep import Sweep, parse_caches
+
+    [spec] = parse_samplers("static:modifiers=eoser:gamma_min=0.01..0.02/0.01")[:1]
+    assert dict(spec.options) == {"modifiers": "eoser", "gamma_min": 0.01}
+    with pytest.raises(ValueError, match="unknown option 'gamma_min' for sampler 'static'"):
+        parse_samplers("static:gamma_min=0.01")  # not an option of static, and no modifier named takes it
+    [cache] = parse_caches("none")
+    sweep = Sweep(model="tiny", tasks=["dllm_json"], samplers=[spec], caches=[cache], output=tmp_path,
+                  model_args={"modifiers": "eoser", "gamma_max": 0.9, "eotp": "predicted"})
+    [plain] = parse_samplers("static")
+    args = sweep.combination_args(plain, cache)
+    assert (args["modifiers"], args["gamma_max"], args["eotp"]) == ("eoser", 0.9, "predicted")
+    # a modifier option without a modifier that takes it is a typo: one line, before anything runs
+    assert main(["eval", "--model", "tiny", "--tasks", "dllm_json", "--samplers", "static", "-o", "gamma_min=0.1",
+                 "--limit", "1", "--output", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "option 'gamma_min' in -o belongs to modifier 'eoser'" in err and not (tmp_path / "x").exists()

@@ -277,3 +277,121 @@ def test_shifted_and_block_causal_families_run_through_the_lm(family):
     [token] = model.encode("d")
     logits = model.logits([model.encode("abc") + [model.mask_id]])[0]
     assert ll == pytest.approx(float(logits[2].log_softmax(-1)[token]), abs=1e-5)  # shifted: row i-1 scores token i
+
+
+# --------------------------------------------------------------------------------------------------
+# modifiers, EoTP, grammar / schema model args and the method statistics they produce
+# --------------------------------------------------------------------------------------------------
+JSON_PROMPTS = ["To JSON: The box weighs 12 kg, is painted black and is built from copper.\n",
+                "To JSON: Ada is 20.\n", "Sort: 31 12 19\n"]
+SCHEMA = {"type": "object", "properties": {"item": {"type": "string"}, "weight": {"type": "integer"}},
+          "required": ["item", "weight"]}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return dllm.load("tiny")
+
+
+@pytest.fixture()
+def schema_file(tmp_path):
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(SCHEMA))
+    return str(path)
+
+
+def test_structure_model_args_are_parsed_typed_and_routed(schema_file):
+    # lm-eval splits model_args at commas, so several modifiers are joined by "+"
+    from lm_eval.utils import simple_parse_args_string
+
+    args = simple_parse_args_string("sampler=threshold,threshold=0.8,modifiers=eoser+,gamma_min=0.01,"
+                                    "gamma_max=1,eotp=predicted,max_rejections=5,grammar=json")
+    s = parse_model_args(args)
+    assert s.modifiers == ("eoser",) and s.modifier_options == {"gamma_min": 0.01, "gamma_max": 1.0}
+    assert isinstance(s.modifier_options["gamma_max"], float) and s.sampler_options == {"threshold": 0.8}
+    assert (s.eotp, s.max_rejections, s.grammar, s.schema) == ("predicted", 5, "json", None)
+    described = s.describe()
+    assert described["modifiers"] == ["eoser"] and described["modifier_options"]["gamma_min"] == 0.01
+    assert parse_model_args({"eotp": True}).eotp == "committed" and parse_model_args({"eotp": None}).eotp is None
+    assert parse_model_args({"modifiers": ["eoser"]}).modifiers == ("eoser",)
+    assert parse_model_args({"schema": schema_file, "slot_length": "4"}).slot_length == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"modifiers": "eosr"}, "unknown modifier 'eosr' (did you mean 'eoser'?)"),
+    ({"gamma_min": 0.1}, "model arg 'gamma_min' is an option of modifier 'eoser': name the modifier too, modifiers=eoser"),
+    ({"modifiers": "eoser", "gamma_min": 2}, "eoser: need 0 <= gamma_min <= gamma_max <= 1"),
+    ({"modifiers": "eoser", "gamma_min": "low"}, "modifier 'eoser': option gamma_min must be a number (got 'low')"),
+    ({"eotp": "sometimes"}, "model arg eotp='sometimes' must be one of committed, predicted"),
+    ({"max_rejections": -1}, "model arg max_rejections=-1 must be an integer >= 0"),
+    ({"max_rejections": "many"}, "option max_rejections must be an integer (got 'many')"),
+    ({"slot_length": 4}, "slot_length sizes the slots of a schema scaffold: give schema=PATH too"),
+    ({"grammar": "/no/such.lark"}, "model arg grammar: grammar file not found: /no/such.lark"),
+    ({"schema": "/no/such.json"}, "model arg schema='/no/such.json': cannot read it"),
+    ({"grammar": "json", "schema": "x.json"}, "give model arg grammar= or schema=, not both"),
+])
+def test_bad_structure_model_args_fail_in_one_line(args, message):
+    with pytest.raises(ValueError) as info:
+        parse_model_args(args)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_schema_scaffold_longer_than_the_canvas_fails_at_construction(tiny, schema_file):
+    with pytest.raises(ValueError, match="is .* tokens, longer than gen_length=16: raise gen_length"):
+        DiffusionLM(pretrained=tiny, schema=schema_file, slot_length=8, gen_length=16, block_length=16)
+
+
+def test_structure_args_reach_the_decoder_and_method_statistics_reach_the_results(tiny, schema_file):
+    until = {"until": ["\n"]}
+    lm = DiffusionLM(pretrained=tiny, modifiers="eoser", gamma_min=0.01, eotp="committed", grammar="json")
+    out = lm.generate_until(requests("generate_until", [(p, until) for p in JSON_PROMPTS]))
+    direct = dllm.generate(tiny, JSON_PROMPTS, modifiers=["eoser"], gamma_min=0.01, eotp="committed",
+                           grammar="json", stop=["\n"])
+    assert out == direct.texts
+    stats = lm.get_model_info()["dllm"]["speed"]["t"]
+    parses = [_parses(text) for text in direct.texts]
+    assert stats["json_valid_rate"] == pytest.approx(sum(parses) / 3) and "schema_valid_rate" not in stats
+    assert stats["grammar_rejections"] == sum(direct.stats.counters["grammar_rejections"])
+    assert stats["stuck"] == direct.status.count("stuck")
+
+    lm = DiffusionLM(pretrained=tiny, schema=schema_file, max_rejections=5)  # the tiny model writes extra fields
+    out = lm.generate_until(requests("generate_until", [(p, until) for p in JSON_PROMPTS[:2]]))
+    direct = dllm.generate(tiny, JSON_PROMPTS[:2], schema=SCHEMA, max_rejections=5, stop=["\n"], gen_length=32)
+    assert out == direct.texts
+    stats = lm.get_model_info()["dllm"]["speed"]["t"]
+    assert stats["stuck"] == direct.status.count("stuck") >= 1 and stats["stuck_rate"] == stats["stuck"] / 2
+    assert stats["schema_valid_rate"] <= stats["json_valid_rate"] <= 1 - stats["stuck_rate"]
+
+    lm = DiffusionLM(pretrained=tiny, sampler="freedave")
+    out = lm.generate_until(requests("generate_until", [(p, until) for p in JSON_PROMPTS]))
+    direct = dllm.generate(tiny, JSON_PROMPTS, sampler="freedave", stop=["\n"])
+    stats = lm.get_model_info()["dllm"]["speed"]["t"]
+    summary = direct.stats.counter_summaries["accepted"]
+    assert out == direct.texts and stats["accepted_mean"] == pytest.approx(summary["mean"])
+    assert stats["accepted_events"] == summary["count"] and "stuck" not in stats and "json_valid_rate" not in stats
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_the_table_shows_valid_json_and_method_columns_only_where_present():
+    from dllm.eval.sweep import markdown, table_rows
+
+    speed = {"a": {"samples": 2, "tokens": 4, "forwards": 2, "tpf": 2.0, "accepted_mean": 2.5, "stuck": 1,
+                   "grammar_rejections_per_sample": 3.0, "json_valid_rate": 0.5, "schema_valid_rate": 0.0},
+             "b": {"samples": 2, "tokens": 4, "forwards": 4, "tpf": 1.0}}
+    results = {"results": {"a": {"exact_match,none": 1.0}, "b": {"exact_match,none": 0.5, "valid_json,none": 1.0}},
+               "config": {"dllm": {"speed": speed}}, "n-samples": {}}
+    rows = table_rows(results, "freedave", "none")
+    assert rows[0]["valid_json"] == 0.5 and rows[1]["valid_json"] == 1.0  # the task's metric wins where it has one
+    text = markdown(rows)
+    assert text.splitlines()[0].endswith("| seconds | valid JSON | schema-valid | accepted | rejections/sample | stuck |")
+    assert text.splitlines()[2].endswith("| 0.500 | 0.000 | 2.50 | 3.00 | 1 |")
+    assert text.splitlines()[3].endswith("| 1.000 | - | - | - | - |")
+    plain = markdown(table_rows({"results": {"b": {"exact_match,none": 1.0}}, "config": {}}, "static", "none"))
+    assert plain.splitlines()[0].endswith("| tokens/s | seconds |")  # no method: the table is as before

@@ -346,3 +346,17 @@ def test_a_row_whose_positions_run_out_of_tokens_ends_stuck_without_looping():
     out = dllm.generate(model, prompts, gen_length=8, block_length=8, filters=["ban_every_token_test"],
                         max_rejections=10**9, eos_ids=())
     assert out.status == ["stuck"]
+
+
+def test_a_sampler_that_commits_mask_is_stopped_with_a_one_line_error():
+    model = random_model("llada", 35)
+
+    @dataclass
+    class MaskingSampler(dllm.samplers.Sampler):
+        name = "masking_sampler"
+
+        def select(self, view):
+            return view.masked, torch.full_like(view.x0, view.mask_id)
+
+    one_line_error(DecodeError, lambda: dllm.generate(model, random_prompts(model, 2, 36), sampler=MaskingSampler(),
+                                                      gen_length=8, block_length=8), "MASK token", "masking_sampler")

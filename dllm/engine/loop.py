@@ -109,6 +109,7 @@ class Engine:
         self.status = ["length"] * batch
         self.reasons: dict[int, str] = {}
         self.end = canvas.gen_end.clone()  # per-row end: columns from here on are EOS, never candidates
+        self.gen_length = int((canvas.gen_end - canvas.gen_start).max())  # once: a host read
         self.rejections = torch.zeros(batch, dtype=torch.long, device=device)
         self.bans: list[tuple[int, int, int]] = []  # (caller row, column, token) vetoed by a filter
         self.state = RowState()
@@ -120,6 +121,7 @@ class Engine:
         self.total_steps = 0
         self.event_index = 0
         self.stuck_now = None
+        self.sampler_masked = None
         self._refresh_row_geometry()
         self.cache.start(model.network, batch * (2 if self.guidance else 1), width, canvas.block_size)
         self.sampler.start(self)
@@ -227,7 +229,7 @@ class Engine:
                         mask_id=self.mask_id, span_masked=self.span_masked, raw_confidence=raw, eos_ids=self.eos,
                         state=self.state, span_index=index, spans=tuple(self.canvas.spans),
                         total_step=self.total_steps, gen_start=self.canvas.gen_start,
-                        gen_length=int((self.canvas.gen_end - self.canvas.gen_start).max()), end=self.end,
+                        gen_length=self.gen_length, end=self.end,
                         sampler=self.sampler)
         view.forwards = self.forwards
         view.generators = self.generators_active
@@ -276,9 +278,9 @@ class Engine:
         """Run the sampler; keep only candidates; guarantee progress (the most confident one if none)."""
         decision = Decision.of(self.sampler.select(view), view)
         commit = decision.commit & view.masked
-        if bool((commit & (decision.tokens == self.mask_id)).any()):
-            raise DecodeError(f"sampler '{self.sampler.name}' asked to commit the MASK token (span {view.span}): "
-                              "commit a real token or leave the position out")
+        masking = commit & (decision.tokens == self.mask_id)  # never lands; reported on the step's status read
+        self.sampler_masked = masking.any(-1) if self.sampler_masked is None else self.sampler_masked | masking.any(-1)
+        commit &= ~masking
         stalled = view.masked.any(-1) & ~commit.any(-1)
         decision.commit = commit | top_k_mask(view.confidence, stalled.long())
         return decision
@@ -467,11 +469,16 @@ class Engine:
         broken = (torch.isnan(raw) & masked).any(-1)
         stuck = torch.zeros_like(settled) if self.stuck_now is None else self.stuck_now & ~settled
         self.stuck_now = None
+        masking = torch.zeros_like(settled) if self.sampler_masked is None else self.sampler_masked
+        self.sampler_masked = None
         status = torch.stack([settled.long(), window.any(-1).long(), window[:, 0].long(),
                               torch.minimum(first_mask, first_eos), broken.long(), stuck.long(),
-                              (first_eos < canvas.width).long()]).cpu()
+                              (first_eos < canvas.width).long(), masking.long()]).cpu()
         settled_now, still_now, opening_now = status[0].bool(), status[1].bool(), status[2].bool()
         prefix_end, broken_now, stuck_now, has_eos = status[3], status[4].bool(), status[5].bool(), status[6].bool()
+        if bool(status[7].any()):
+            raise DecodeError(f"sampler '{self.sampler.name}' asked to commit the MASK token at step {self.total_steps} "
+                              f"(span {span}): commit a real token or leave the position out")
         if bool(broken_now.any()):
             rows = self.rows[broken_now].tolist()
             raise DecodeError(f"the model produced non-finite logits at step {self.total_steps} (span {span}) for "
@@ -531,13 +538,8 @@ class Engine:
     # ------------------------------------------------------------------------------------------------
     def _event(self, span, commit: torch.Tensor, tokens: torch.Tensor, ran: bool) -> StepEvent:
         self.event_index += 1
-        where = commit.nonzero()
-        values = tokens[commit].tolist()
-        offsets = (span[0] - self.canvas.gen_start).tolist()
-        commits: dict[int, list[tuple[int, int]]] = {}
-        for (r, c), t in zip(where.tolist(), values):
-            commits.setdefault(int(self.rows[r]), []).append((c + offsets[r], t))
-        return StepEvent(step=self.event_index, nfe=self.nfe, forward=ran, span=span, commits=commits,
+        return StepEvent(step=self.event_index, nfe=self.nfe, forward=ran, span=span, rows=self.rows.clone(),
+                         commit=commit, tokens=tokens, offsets=span[0] - self.canvas.gen_start,
                          tokenizer=self.model.tokenizer)
 
     def _record(self, feed: Feed, span, commit: torch.Tensor, tokens: torch.Tensor, raw: torch.Tensor) -> None:

@@ -1,7 +1,8 @@
 """The lm-eval model ``dllm``: batched ``generate_until`` through the engine, Monte-Carlo ``loglikelihood``.
 
 Configured with lm-eval's usual ``--model_args`` (``pretrained``, ``sampler``, ``cache``, ``gen_length``,
-``block_length``, ``steps``, any sampler or cache option, ``mc_num`` ...; see :mod:`dllm.eval.settings`).
+``block_length``, ``steps``, any sampler or cache option, ``modifiers=eoser`` (several joined by ``+``) with
+their options, ``eotp``, ``grammar``, ``schema``, ``mc_num`` ...; see :mod:`dllm.eval.settings`).
 Requests are grouped by task and generation settings, sorted by prompt length and decoded ``batch_size`` at
 a time as ragged batches (exact: a row decodes as it would alone); ``until`` strings stop rows inside the
 decode loop. Speed statistics go to the results JSON through ``get_model_info``; data parallelism follows
@@ -10,6 +11,7 @@ lm-eval's rank / world-size protocol over accelerate (``accelerate launch`` or `
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,7 +30,7 @@ import dllm
 from .likelihood import greedy_matches, mc_loglikelihood, rolling_windows
 from ..cli import check_device
 from ..stops import cut_at_stops
-from .settings import EvalSettings, RequestCanvas, parse_model_args, plan_canvas, resolve_defaults
+from .settings import EvalSettings, RequestCanvas, load_schema, parse_model_args, plan_canvas, resolve_defaults
 from .speed import SpeedLog, versions
 
 log = logging.getLogger("dllm.eval")
@@ -69,6 +71,11 @@ class DiffusionLM(TemplateLM):
         self._device = self.model.device
         self.tokenizer = self.model.tokenizer
         resolve_defaults(self.settings, self.model)
+        self._schema = None if self.settings.schema is None else load_schema(self.settings.schema)
+        if self._schema is not None:
+            import jsonschema
+
+            self._schema_validator = jsonschema.validators.validator_for(self._schema)(self._schema)
         self.batch_size = _batch_size(batch_size)
         self.mc_batch_size = self.settings.mc_batch_size or math.gcd(self.settings.mc_num, self.batch_size)
         self.speed = SpeedLog()
@@ -177,7 +184,7 @@ class DiffusionLM(TemplateLM):
                     results[i], count = self._answer(out, row, options.until, limits[i])
                     tokens += count
                     self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
-                self._record(task, out.stats, len(batch), tokens)
+                self._record(task, out.stats, len(batch), tokens, [results[i] for i in batch])
                 bar.update(len(batch))
         for i, original in copies.items():
             results[i] = results[original]
@@ -220,7 +227,9 @@ class DiffusionLM(TemplateLM):
         return dict(sampler=s.sampler, cache=s.cache, gen_length=canvas.gen_length, block_length=canvas.block_length,
                     steps=canvas.steps, temperature=options.temperature, cfg_scale=s.cfg_scale, seed=s.seed,
                     stop=list(options.until) or None, confidence=s.confidence, ar_first=s.ar_first,
-                    **s.sampler_options, **s.cache_options)
+                    modifiers=list(s.modifiers), eotp=s.eotp, max_rejections=s.max_rejections, grammar=s.grammar,
+                    schema=self._schema, slot_length=s.slot_length,
+                    **s.modifier_options, **s.sampler_options, **s.cache_options)
 
     def _static_outputs(self, prompts: list[list[int]], kwargs: dict) -> list[list[int]]:
         """The EGP oracle's targets: each prompt's static one-token-per-step output on the same canvas and cache
@@ -240,13 +249,35 @@ class DiffusionLM(TemplateLM):
             return out.texts[row], len(sequence)
         return cut_at_stops(self.model.decode(sequence[:limit]), until), limit
 
-    def _record(self, task: str | None, stats, samples: int, tokens: int) -> None:
+    def _record(self, task: str | None, stats, samples: int, tokens: int, answers: list[str] = ()) -> None:
         speed = self.speed.task(task)
         speed.samples += samples
         speed.nfe += stats.nfe
         speed.forwards += sum(stats.row_nfe)
         speed.tokens += tokens
         speed.seconds += stats.seconds
+        accepted = stats.counters.get("accepted") or []  # FreeDave's accepted draft lengths, one per row-step
+        speed.accepted_events += len(accepted)
+        speed.accepted_tokens += sum(accepted)
+        rejections = stats.counters.get("grammar_rejections")
+        if rejections is not None:
+            speed.grammar_rows += len(rejections)
+            speed.grammar_rejections += sum(rejections)
+        speed.stuck += sum(status == "stuck" for status in stats.status)
+        s = self.settings
+        if s.grammar == "json" or self._schema is not None:  # the output is meant to be JSON: how often it is
+            for answer in answers:
+                try:
+                    value = json.loads(answer)
+                except ValueError:
+                    value, parsed = None, False
+                else:
+                    parsed = True
+                speed.json_checked += 1
+                speed.json_valid += parsed
+                if self._schema is not None:
+                    speed.schema_checked += 1
+                    speed.schema_valid += parsed and self._schema_validator.is_valid(value)
         if not self.decoding:
             self.decoding = {"sampler": stats.sampler, "cache": stats.cache}
 

@@ -20,7 +20,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from .. import registry
-from .settings import DECODE_KEYS
+from .settings import DECODE_KEYS, modifier_option_names
 
 MAX_VALUES = 1000
 SPEC_DECODE_KEYS = tuple(k for k in DECODE_KEYS if k not in ("sampler", "cache"))
@@ -84,8 +84,11 @@ def expand_samplers(text: str) -> list[tuple[str, dict]]:
     points = []
     for name, options in entries:
         valid = samplers.option_names(name)  # unknown sampler: one-line ValueError
+        # options of the modifiers the entry names (static:modifiers=eoser:gamma_min=0.01) are decoding args too
+        decoding = set(SPEC_DECODE_KEYS) | {k for key, values in options if key == "modifiers"
+                                            for value in values for k in modifier_option_names(value)}
         for key, _ in options:
-            if key not in valid and key not in SPEC_DECODE_KEYS:
+            if key not in valid and key not in decoding:
                 hint = registry.did_you_mean(key, list(valid) + list(SPEC_DECODE_KEYS))
                 raise ValueError(f"unknown option '{key}' for sampler '{name}'{hint}; its options are: "
                                  f"{', '.join(valid) or 'none'} (and the decoding args {', '.join(SPEC_DECODE_KEYS)})")
@@ -95,7 +98,7 @@ def expand_samplers(text: str) -> list[tuple[str, dict]]:
         keys = list(merged)
         for combo in itertools.product(*(_unique(merged[k]) for k in keys)):
             options = dict(zip(keys, combo))
-            own = {k: v for k, v in options.items() if k not in SPEC_DECODE_KEYS}
+            own = {k: v for k, v in options.items() if k not in decoding}
             built = samplers.build(name, own)  # a value of the wrong type: one-line error naming the option
             point = (name, {k: getattr(built, k) if k in own else v for k, v in options.items()})
             if point not in points:

@@ -7,6 +7,7 @@ means a typo fails in one line before any data is loaded, not an hour into a run
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -15,7 +16,9 @@ from ..canvas_defaults import default_block_length, default_gen_length
 
 LOAD_KEYS = ("pretrained", "dtype", "device", "threads")
 DECODE_KEYS = ("sampler", "cache", "gen_length", "block_length", "steps", "temperature", "cfg_scale", "seed",
-               "confidence", "ar_first")
+               "confidence", "ar_first", "modifiers", "eotp", "max_rejections", "grammar", "schema", "slot_length")
+#: ``dllm.generate``'s ``template`` is not a model arg: model args apply to every request of every task, and
+#: lm-eval's model_args string cannot carry the commas of a template; ``schema=`` lays the scaffold instead.
 LIKELIHOOD_KEYS = ("mc_num", "mc_batch_size", "greedy_check", "max_length")
 IGNORED_KEYS = ("trust_remote_code",)  # lm-eval adds it for HF models; dllm never runs checkpoint code
 
@@ -40,18 +43,44 @@ class EvalSettings:
     seed: int | None = None
     confidence: str = "prob"
     ar_first: bool | None = None
+    modifiers: object = ()  # names; in model_args joined by "+" (modifiers=eoser+other), a comma splits model args
+    eotp: object = None  # End-of-Text prediction: None, "committed" or "predicted" (true = committed)
+    max_rejections: int = 100
+    grammar: str | None = None  # "json", a .lark path or Lark text
+    schema: str | None = None  # path of a JSON Schema file: its grammar and its scaffold
+    slot_length: int | None = None
     mc_num: int = 128
     mc_batch_size: int | None = None
     greedy_check: bool = False
     max_length: int | None = None
     sampler_options: dict = field(default_factory=dict)
     cache_options: dict = field(default_factory=dict)
+    modifier_options: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         """The settings as they go into the results JSON (the checkpoint path, not the object)."""
         out = {k: getattr(self, k) for k in DECODE_KEYS + LIKELIHOOD_KEYS}
-        out.update(sampler_options=dict(self.sampler_options), cache_options=dict(self.cache_options))
+        out["modifiers"] = list(self.modifiers)
+        out.update(sampler_options=dict(self.sampler_options), cache_options=dict(self.cache_options),
+                   modifier_options=dict(self.modifier_options))
         return out
+
+
+def modifier_names(value) -> list[str]:
+    """The modifiers named by ``value`` (``"eoser"``, ``"eoser+other"``, a list), each checked to exist."""
+    from dllm import modifiers
+
+    names = registry.split_names(value, "modifiers")
+    for name in names:
+        modifiers.option_names(name)  # unknown modifier -> one-line ValueError
+    return names
+
+
+def modifier_option_names(value) -> set[str]:
+    """Every option name of the modifiers ``value`` names (where their options like ``gamma_min`` go)."""
+    from dllm import modifiers
+
+    return {key for name in modifier_names(value) for key in modifiers.option_names(name)}
 
 
 def parse_model_args(args: dict) -> EvalSettings:
@@ -75,8 +104,12 @@ def parse_model_args(args: dict) -> EvalSettings:
                          f"{', '.join(samplers.available())}")
     sampler_names = samplers.option_names(settings.sampler)  # unknown sampler -> one-line ValueError
     cache_names = caches.option_names(settings.cache) if settings.cache else sorted(caches.base.all_option_names())
+    settings.modifiers = tuple(modifier_names(settings.modifiers))
+    modifier_keys = modifier_option_names(settings.modifiers)
     for key, value in values.items():
-        if key in sampler_names:
+        if key in modifier_keys:  # as dllm.generate routes them: a modifier's options before the sampler's
+            settings.modifier_options[key] = value
+        elif key in sampler_names:
             settings.sampler_options[key] = value
         elif key in cache_names:
             settings.cache_options[key] = value
@@ -87,11 +120,80 @@ def parse_model_args(args: dict) -> EvalSettings:
         name = settings.cache or next(n for n in caches.available() if key in caches.option_names(n))
         settings.cache_options[key] = registry.check_options("cache", name, {key: value})[key]
     settings.sampler_options = {k: getattr(built, k) for k in settings.sampler_options}  # as typed values
+    settings.modifier_options = _typed_modifier_options(settings.modifiers, settings.modifier_options)
     _check_numbers(settings)
+    _check_structure(settings)
     return settings
 
 
+def _typed_modifier_options(names, options: dict) -> dict:
+    """Each modifier built with the options it takes (bad values fail now), the options as typed values."""
+    from dllm import modifiers
+
+    typed = {}
+    for name in names:
+        mine = {k: v for k, v in options.items() if k in modifiers.option_names(name)}
+        built = modifiers.build(name, mine)
+        typed.update({k: getattr(built, k) for k in mine})
+    return typed
+
+
+def _check_structure(s: EvalSettings) -> None:
+    """EoTP mode, the rejection budget, the grammar / schema (loaded now, so a bad file fails at construction)."""
+    from dllm.filters.eotp import MODES
+
+    eotp = s.eotp
+    if eotp is True:
+        eotp = "committed"
+    elif eotp is False or eotp is None or (isinstance(eotp, str) and eotp.strip().lower() in ("", "none", "false")):
+        eotp = None
+    if eotp is not None and eotp not in MODES:
+        raise ValueError(f"model arg eotp={s.eotp!r} must be one of {', '.join(MODES)} (or true = committed)")
+    s.eotp = eotp
+    if s.max_rejections < 0:
+        raise ValueError(f"model arg max_rejections={s.max_rejections!r} must be an integer >= 0")
+    if s.slot_length is not None:
+        if s.schema is None:
+            raise ValueError("model arg slot_length sizes the slots of a schema scaffold: give schema=PATH too")
+        if s.slot_length < 1:
+            raise ValueError(f"model arg slot_length={s.slot_length!r} must be a positive integer")
+    if s.grammar is not None and s.schema is not None:
+        raise ValueError("give model arg grammar= or schema=, not both (schema= is the grammar of its instances)")
+    from dllm.grammars import load_grammar
+
+    spec = s.grammar if s.schema is None else load_schema(s.schema)
+    if spec is not None:
+        try:
+            load_grammar(spec)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"model arg {'grammar' if s.schema is None else 'schema'}: "
+                             f"{' '.join(str(exc).split())}") from None
+        except Exception as exc:  # a Lark syntax error in grammar text
+            raise ValueError(f"model arg grammar={s.grammar!r} is not 'json', a .lark file or a Lark grammar "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+
+
+def load_schema(path) -> dict:
+    """The JSON Schema in the file ``path`` (one-line errors)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            schema = json.load(handle)
+    except OSError as exc:
+        raise ValueError(f"model arg schema={path!r}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"model arg schema={path!r} is not a JSON file ({' '.join(str(exc).split())})") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"model arg schema={path!r}: the file holds a {type(schema).__name__}, not a JSON Schema object")
+    return schema
+
+
 def _unknown_key(key, sampler, sampler_names, cache, cache_names) -> str:
+    from dllm import modifiers
+
+    owners = [name for name in modifiers.available() if key in modifiers.option_names(name)]
+    if owners:
+        return (f"model arg '{key}' is an option of modifier '{owners[0]}': name the modifier too, "
+                f"modifiers={owners[0]} (several: joined by '+', e.g. modifiers=eoser+other)")
     known = list(LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS) + sampler_names + cache_names
     return (f"unknown model arg '{key}'{registry.did_you_mean(key, known)}; dllm takes "
             f"{', '.join(LOAD_KEYS + DECODE_KEYS + LIKELIHOOD_KEYS)}, "
@@ -140,6 +242,14 @@ def resolve_defaults(settings: EvalSettings, model) -> None:
     if full and settings.gen_length % settings.block_length:
         raise ValueError(f"gen_length={settings.gen_length} is not a multiple of block_length={settings.block_length}: "
                          f"use a block_length that divides gen_length")
+    if settings.schema is not None and model.tokenizer is not None:  # its scaffold must fit the canvas
+        from dllm.grammars import scaffold
+
+        pieces = scaffold.schema_pieces(load_schema(settings.schema), settings.slot_length)
+        length = len(scaffold.template_cells(pieces, model.tokenizer, model.mask_id))
+        if length > settings.gen_length:
+            raise ValueError(f"the scaffold of schema {settings.schema} is {length} tokens, longer than "
+                             f"gen_length={settings.gen_length}: raise gen_length or lower slot_length")
     cache = settings.cache or ("block" if not full else "none")
     built = caches.build(cache, model.attention, model.family, dict(settings.cache_options))
     settings.cache_options = {k: getattr(built, k) for k in settings.cache_options}  # as typed values

@@ -2,7 +2,9 @@
 
 Users cannot compare dLLM speed claims because nobody states what was counted (peers.md §3.4). The
 ``dllm`` model therefore accumulates, per task, the engine's own counters (NFE = batched network calls,
-tokens = generated tokens before EOS/stop, TPF, seconds) and hands them to lm-eval through
+tokens = generated tokens before EOS/stop, TPF, seconds; method statistics where a method produces them:
+FreeDave's mean accepted draft length, grammar rejections and stuck rows, JSON / schema-valid rates under
+``grammar=json`` / ``schema=``) and hands them to lm-eval through
 ``LM.get_model_info()``, which lm-eval merges into the results JSON's ``config``.
 """
 
@@ -24,6 +26,17 @@ class TaskSpeed:
     ll_requests: int = 0
     ll_forwards: int = 0
     ll_seconds: float = 0.0
+    # method statistics: FreeDave's accepted draft lengths (events, their sum), grammar filter rejections over
+    # the rows it constrained, rows that ended "stuck", JSON outputs checked / parsed / valid for the schema
+    accepted_events: int = 0
+    accepted_tokens: int = 0
+    grammar_rows: int = 0
+    grammar_rejections: int = 0
+    stuck: int = 0
+    json_checked: int = 0
+    json_valid: int = 0
+    schema_checked: int = 0
+    schema_valid: int = 0
 
     def add(self, other: "TaskSpeed") -> None:
         for f in fields(self):
@@ -39,6 +52,17 @@ class TaskSpeed:
                        tokens_per_sample=self.tokens / self.samples,
                        tpf=self.tokens / self.forwards if self.forwards else 0.0,
                        tokens_per_second=self.tokens / self.seconds if self.seconds > 0 else 0.0)
+        if self.accepted_events:
+            out.update(accepted_events=self.accepted_events, accepted_mean=self.accepted_tokens / self.accepted_events)
+        if self.grammar_rows:
+            out.update(grammar_rejections=self.grammar_rejections,
+                       grammar_rejections_per_sample=self.grammar_rejections / self.grammar_rows)
+        if self.grammar_rows or self.stuck:
+            out.update(stuck=self.stuck, stuck_rate=self.stuck / self.samples if self.samples else 0.0)
+        if self.json_checked:
+            out.update(json_valid_rate=self.json_valid / self.json_checked)
+        if self.schema_checked:
+            out.update(schema_valid_rate=self.schema_valid / self.schema_checked)
         if self.ll_requests:
             out.update(ll_requests=self.ll_requests, ll_forwards=self.ll_forwards, ll_seconds=self.ll_seconds,
                        ll_forwards_per_request=self.ll_forwards / self.ll_requests)

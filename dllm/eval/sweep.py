@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import registry
-from .settings import DECODE_KEYS, LIKELIHOOD_KEYS, LOAD_KEYS
+from .settings import DECODE_KEYS, LIKELIHOOD_KEYS, LOAD_KEYS, modifier_option_names
 
 SPEC_HELP = "name[:key=value[:key=value...]], comma-separated, e.g. static,threshold:threshold=0.9"
 SPEC_DECODE_KEYS = tuple(k for k in DECODE_KEYS if k not in ("sampler", "cache"))
@@ -138,18 +138,27 @@ class Sweep:
         from dllm import caches, samplers
 
         own_sampler, own_cache = samplers.option_names(spec.name), caches.option_names(cache.name)
+        own_modifiers = self.modifier_options(spec)
         sampler_options, cache_options = dict(spec.options), dict(cache.options)
         other = {}
         for key, value in self.model_args.items():
             if key in sampler_options or key in cache_options:
                 continue  # the entry's own value wins
-            if key in own_sampler:
+            if key in own_modifiers:  # as dllm.generate routes them: a modifier's options before the sampler's
+                other[key] = value
+            elif key in own_sampler:
                 sampler_options[key] = value
             elif key in own_cache:
                 cache_options[key] = value
             elif key in DLLM_KEYS:
                 other[key] = value
         return sampler_options, cache_options, other
+
+    def modifier_options(self, spec: SamplerSpec) -> set[str]:
+        """The option names of the modifiers a combination runs (the entry's ``modifiers=``, else ``-o``'s)."""
+        options = dict(spec.options)
+        return modifier_option_names(options["modifiers"] if "modifiers" in options
+                                     else self.model_args.get("modifiers"))
 
     def combination_args(self, spec: SamplerSpec, cache: CacheSpec) -> dict:
         """The dllm model args of one combination (without ``pretrained``)."""
@@ -272,15 +281,20 @@ def run(sweep: Sweep, dtype=None, device=None, progress: bool = True, out=print)
 def _check_shared(sweep: Sweep, combos) -> None:
     """A shared option that no combination takes is a typo, not something to drop silently."""
     from dllm import caches, samplers
+    from dllm import modifiers as dllm_modifiers
 
     known = set(DLLM_KEYS)
     for spec, cache in combos:
         own_sampler, own_cache = samplers.option_names(spec.name), caches.option_names(cache.name)
-        known |= set(own_sampler) | set(own_cache)
+        known |= set(own_sampler) | set(own_cache) | sweep.modifier_options(spec)
         # a bad shared value is an error even where an entry's own value overrides it
         samplers.build(spec.name, {k: v for k, v in sweep.model_args.items() if k in own_sampler})
         registry.check_options("cache", cache.name, {k: v for k, v in sweep.model_args.items() if k in own_cache})
     for key in sweep.model_args:
+        owners = [m for m in dllm_modifiers.available() if key in dllm_modifiers.option_names(m)]
+        if key not in known and owners:
+            raise ValueError(f"option '{key}' in -o belongs to modifier '{owners[0]}', which no combination of this "
+                             f"sweep runs: add -o modifiers={owners[0]} (or modifiers={owners[0]} in a --samplers entry)")
         if key not in known:
             raise ValueError(f"unknown option '{key}' in -o{registry.did_you_mean(key, sorted(known))}: no sampler or "
                              f"cache of this sweep takes it, and it is not a dllm model arg ({', '.join(sorted(known))})")
@@ -349,6 +363,9 @@ def _bar(total: int, done: int, enabled: bool):
 
 # --------------------------------------------------------------------------------------------------
 PRIMARY_METRICS = ("exact_match", "acc", "field_accuracy", "valid_json", "acc_norm")
+#: columns shown after the speed columns when some row has them: (row key, header, digits)
+EXTRA_COLUMNS = (("valid_json", "valid JSON", 3), ("schema_valid", "schema-valid", 3), ("accepted", "accepted", 2),
+                 ("grammar_rejections", "rejections/sample", 2), ("stuck", "stuck", 0))
 
 
 def table_rows(results: dict, spec: SamplerSpec | str, cache: str) -> list[dict]:
@@ -367,8 +384,24 @@ def table_rows(results: dict, spec: SamplerSpec | str, cache: str) -> list[dict]
                      "nfe_per_sample": forwards / docs if docs else None,
                      "tpf": stats.get("tpf") if stats.get("tokens") else None,
                      "tokens_per_second": stats.get("tokens_per_second") if stats.get("tokens") else None,
-                     "seconds": seconds, "samples": docs})
+                     "seconds": seconds, "samples": docs, **_method_columns(metrics, stats)})
     return rows
+
+
+def _method_columns(metrics: dict, stats: dict) -> dict:
+    """The extra columns of one task: the valid-JSON rate (the task's ``valid_json`` metric, else the share of
+    outputs that parse under ``grammar=json`` / ``schema=``), the schema-valid rate, FreeDave's mean accepted
+    draft length, grammar rejections per sample and stuck rows — each only where the run produced it."""
+    values = {k.split(",")[0]: v for k, v in metrics.items() if "_stderr" not in k}
+    out = {}
+    valid = values.get("valid_json", stats.get("json_valid_rate"))
+    for key, value in (("valid_json", valid), ("schema_valid", stats.get("schema_valid_rate")),
+                       ("accepted", stats.get("accepted_mean")),
+                       ("grammar_rejections", stats.get("grammar_rejections_per_sample")),
+                       ("stuck", stats.get("stuck"))):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
 
 
 def _primary(metrics: dict) -> tuple[str, float | None]:
@@ -381,12 +414,14 @@ def _primary(metrics: dict) -> tuple[str, float | None]:
 
 
 def markdown(rows: list[dict]) -> str:
+    extra = [column for column in EXTRA_COLUMNS if any(column[0] in r for r in rows)]
     header = "| task | sampler | cache | metric | score | NFE/sample | TPF | tokens/s | seconds |"
-    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    header += "".join(f" {title} |" for _, title, _ in extra)
+    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra)]
     for r in rows:
         lines.append(f"| {r['task']} | {r['sampler']} | {r['cache']} | {r['metric']} | {_num(r['score'], 3)} | "
                      f"{_num(r['nfe_per_sample'], 1)} | {_num(r['tpf'], 2)} | {_num(r['tokens_per_second'], 1)} | "
-                     f"{_num(r['seconds'], 2)} |")
+                     f"{_num(r['seconds'], 2)} |" + "".join(f" {_num(r.get(key), digits)} |" for key, _, digits in extra))
     return "\n".join(lines)
 
 

@@ -86,14 +86,14 @@ def score_task(model, task: str, limit: int | None = None, batch_size: int = 100
 
 
 def sampler_table(model, limit: int | None = None, batch_size: int = 100, table: str = "default",
-                  log=print) -> dict[str, list[dict]]:
-    """Per task, one row per sampler of ``table``."""
+                  log=print, tasks_: tuple[str, ...] | None = None, **common) -> dict[str, list[dict]]:
+    """Per task, one row per sampler of ``table``; ``common`` options (e.g. ``cache="dual"``) go to every row."""
     gen_length, _ = canvas_of(model)
     result = {}
-    for task in task_names(model):
+    for task in tasks_ or task_names(model):
         rows, references = [], None
         for label, options in samplers_for(table, gen_length):
-            scored = score_task(model, task, limit, batch_size, references=references, **options)
+            scored = score_task(model, task, limit, batch_size, references=references, **common, **options)
             if references is None:
                 references = scored["outputs"]  # the first row is static one token per step
             rows.append({"task": task, "sampler": label, **{k: v for k, v in scored.items() if k != "outputs"}})
@@ -128,13 +128,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", default="default", choices=("default", "eoser"))
+    parser.add_argument("--cache", default=None, help="cache for every row (default: none)")
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of the model's tasks")
     parser.add_argument("--json", default=None, help="also write the table as JSON to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = dllm.load(args.model, device="cpu")
     print(f"{model}\n\n{HEADER}")
     began = time.time()
-    rows = sampler_table(model, args.limit, args.batch_size, args.table)
+    common = {"cache": args.cache} if args.cache else {}
+    subset = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
+    rows = sampler_table(model, args.limit, args.batch_size, args.table, tasks_=subset, **common)
     print(f"\n{HEADER}\n" + "\n".join(format_row(r, task_rows[0]) for task_rows in rows.values() for r in task_rows))
     print(f"\n({time.time() - began:.0f} s)")
     if args.json:
