@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from dllm.models.families import family_by_name, map_weight_name
 from dllm.models.network import Network
+
+from common import timed_pair
 
 DIMS = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 4, "inter": 768, "vocab": 1000, "seq": 256}
 
@@ -69,19 +70,6 @@ def build(d: dict, attn: str, seed: int = 0):
     stock.requires_grad_(False)
     return native, stock
 
-
-def timed_pair(fn_a, fn_b, warmup: int, reps: int) -> tuple[list[float], list[float]]:
-    """Interleave the two functions rep by rep, so that load from other processes hits both alike."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for _ in range(reps):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return times_a, times_b
 
 
 def main() -> None:

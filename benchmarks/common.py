@@ -50,16 +50,22 @@ def median_seconds(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def paired_medians(first, second, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """Median seconds of two functions timed alternately (a, b, a, b, ...), so load drift on a shared machine
-    hits both alike; ratios of the two are what the benchmarks report."""
+def timed_pair(fn_a, fn_b, warmup: int, reps: int) -> tuple[list[float], list[float]]:
+    """Seconds of two functions timed alternately (a, b, a, b, ...), so load drift on a shared machine hits both
+    alike; ratios of the two are what the benchmarks report."""
     for _ in range(warmup):
-        first()
-        second()
-    a, b = [], []
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
     for _ in range(reps):
-        for fn, times in ((first, a), (second, b)):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
+    return times_a, times_b
+
+
+def paired_medians(first, second, reps: int, warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of :func:`timed_pair`."""
+    a, b = timed_pair(first, second, warmup, reps)
     return statistics.median(a), statistics.median(b)

@@ -44,7 +44,8 @@ def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Gene
     * ``ar_first``: commit each block's opening position first, greedily (default: on for logit-shift
       block-causal families, whose blocks open with an AR token).
     * ``confidence``: ``"prob"`` (default), ``"margin"`` or ``"entropy"`` — what samplers rank by.
-    * ``chat`` / ``system``: wrap string prompts in the checkpoint's chat template, with a system turn.
+    * ``chat`` / ``system`` / ``chat_template_kwargs``: wrap string prompts in the checkpoint's chat template, with
+      a system turn and template arguments (e.g. SDAR's ``{"enable_thinking": False}``).
     * ``return_trajectory``: also record every step's commits (``out.trajectory``).
     * ``eotp``: End-of-Text prediction with any sampler (``"committed"``: once a row commits EOS, everything after
       it is cut; ``"predicted"``: cut at a confidently predicted EOS). ``max_rejections``: filter vetoes a row
@@ -103,6 +104,7 @@ class GenerateOptions:
     stop: object = None  # str or list of str
     chat: bool = False
     system: str | None = None
+    chat_template_kwargs: dict | None = None  # passed to the chat template (e.g. {"enable_thinking": False})
     return_trajectory: bool = False
     confidence: str = "prob"
     ar_first: bool | None = None
@@ -128,7 +130,7 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     own = {k: kwargs.pop(k) for k in list(kwargs) if k in _OWN}
     args = GenerateOptions(**registry.coerce_options(GenerateOptions, own, "dllm.generate"))
     options = kwargs
-    prompt_ids = _encode_prompts(model, prompts, args.chat, args.system)
+    prompt_ids = _encode_prompts(model, prompts, args.chat, args.system, args.chat_template_kwargs)
     grammar, templates = _structure(model, args, len(prompt_ids))
     gen_length = args.gen_length if args.gen_length is not None else default_gen_length(model)
     if templates is not None and args.gen_length is None:  # the template, rounded up to whole blocks
@@ -319,7 +321,8 @@ def _generators(seed, rows: int, device) -> list[torch.Generator]:
 
 
 # ----------------------------------------------------------------------------------------------------
-def _encode_prompts(model: Model, prompts, chat: bool, system: str | None = None) -> list[list[int]]:
+def _encode_prompts(model: Model, prompts, chat: bool, system: str | None = None,
+                    template_kwargs: dict | None = None) -> list[list[int]]:
     if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     if isinstance(prompts, torch.Tensor):
@@ -329,7 +332,7 @@ def _encode_prompts(model: Model, prompts, chat: bool, system: str | None = None
     encoded = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
-            ids = model.encode(prompt, chat=chat, system=system)
+            ids = model.encode(prompt, chat=chat, system=system, template_kwargs=template_kwargs)
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
             ids = list(prompt)
         else:

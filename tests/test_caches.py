@@ -102,7 +102,8 @@ def test_nfe_counts_refresh_forwards_and_stats_name_the_cache():
             per_block = {}
             for step in out.trajectory.steps:
                 per_block.setdefault(step.span, []).append(step.feed[0] == 0)
-            assert all(flags[::2] == [True] * len(flags[::2]) for flags in per_block.values())
+            # refreshed exactly at the block start and every `refresh` forwards after it, never in between
+            assert all(flags == [i % refresh == 0 for i in range(len(flags))] for flags in per_block.values())
 
 
 def test_wrong_cache_for_the_family_names_the_caches_that_fit():

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dllm
-from dllm.samplers.static import scheduled_count
+from dllm.samplers.static import cumulative_quota, scheduled_count
 
 from helpers import check_progress, golden_model, random_model, random_prompts
 
@@ -59,6 +59,10 @@ def test_scheduled_count_reproduces_llada_quota_tables():
     assert quotas(32, 5) == [7, 7, 6, 6, 6]
     assert quotas(7, 7) == [1] * 7
     assert quotas(32, 64)[:32] == [1] * 32
+    for n, steps in ((32, 5), (7, 7), (30, 4), (3, 8)):  # the capped threshold rule reads the same table, summed
+        table = quotas(n, steps)
+        assert [int(cumulative_quota(torch.tensor([n]), steps, done)) for done in range(1, steps + 1)] == \
+            [sum(table[:done]) for done in range(1, steps + 1)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ def test_threshold_rules_on_the_spec_vectors():
         conf = torch.tensor([conf])
         return StepView(logits=torch.zeros(1, conf.shape[1], 4), x0=torch.zeros_like(conf, dtype=torch.long),
                         confidence=conf, masked=torch.ones_like(conf, dtype=torch.bool), span=(0, conf.shape[1]),
-                        step=0, steps_per_block=None, canvas=torch.zeros(1, 4, dtype=torch.long), rows=torch.arange(1))
+                        step=0, steps_per_span=None, canvas=torch.zeros(1, 4, dtype=torch.long), rows=torch.arange(1))
 
     pick = lambda sampler, c: sampler.select(view(c))[0].nonzero().flatten().tolist()
     c = [0.95, 0.91, 0.90, 0.5]
@@ -187,16 +191,24 @@ def test_stop_strings_cut_the_text_and_stop_the_row_inside_the_loop():
     assert model.decode(out.sequences[0]) == out.texts[0]
 
 
-def test_stats_and_trajectory_frames():
-    model = random_model("dream", 9)
-    out = dllm.generate(model, random_prompts(model, 2, 9), sampler="threshold", threshold=0.7, gen_length=16,
-                        block_length=8, cache="dual", return_trajectory=True, eos_ids=())
-    assert out.stats.nfe == len(out.trajectory.steps)
-    assert out.stats.cache["cache"] == "dual" and out.stats.sampler["sampler"] == "threshold"
-    assert out.stats.tpf == pytest.approx(out.stats.tokens / sum(out.stats.row_nfe))
+@pytest.mark.parametrize("family,cache", [("dream", "dual"), ("sdar", "block"), ("fast_dllm_v2", "block")])
+def test_stats_and_trajectory_frames(family, cache):
+    model = random_model(family, 9)
+    block = 8 if model.attention == "full" else None
+    out = dllm.generate(model, random_prompts(model, 3, 9), sampler="threshold", threshold=0.7, gen_length=16,
+                        block_length=block, cache=cache, return_trajectory=True, eos_ids=())
+    steps = out.trajectory.steps
+    assert out.stats.nfe == len(steps)
+    assert out.stats.cache["cache"] == cache and out.stats.sampler["sampler"] == "threshold"
+    # counted independently of the engine's counters: a row pays for the forwards in which it committed
+    # something (without hand-over every forward with candidates commits at least one token)
+    row_forwards = [sum(1 for step in steps if step.commits[r]) for r in range(3)]
+    assert out.stats.row_nfe == row_forwards
+    assert out.stats.tokens == sum(len(s) for s in out.sequences) == 3 * 16
+    assert out.stats.tpf == pytest.approx(3 * 16 / sum(row_forwards))
     assert out.stats.seconds > 0 and out.stats.tokens_per_second > 0
-    final = out.trajectory.frame(len(out.trajectory.steps))
-    assert [f[: len(c)] for f, c in zip(final, out.canvases)] == out.canvases
+    # the last frame is exactly each row's canvas: no alignment padding of block-causal layouts leaks in
+    assert out.trajectory.frame(len(steps)) == out.canvases
 
 
 def test_string_prompts_and_chat_template():

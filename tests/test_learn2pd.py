@@ -263,7 +263,7 @@ def test_eotp_keeps_the_oracle_exact(tiny, test_prompts):
 def _view(x0, masked, conf, eos=1):
     w = len(x0)
     return StepView(logits=None, x0=torch.tensor([x0]), confidence=torch.tensor([conf]), masked=torch.tensor([masked]),
-                    span=(10, 10 + w), step=0, steps_per_block=None, canvas=torch.zeros(1, 30, dtype=torch.long),
+                    span=(10, 10 + w), step=0, steps_per_span=None, canvas=torch.zeros(1, 30, dtype=torch.long),
                     rows=torch.arange(1), raw_confidence=torch.tensor([conf]), eos_ids=torch.tensor([eos]),
                     gen_start=torch.tensor([10]), end=torch.tensor([30]), mask_id=2)
 

@@ -49,7 +49,7 @@ def test_localleap_relaxes_only_near_anchors():
     sampler = dllm.samplers.build("localleap", {"kappa": 0.9, "tau": 0.5, "radius": 1})
     conf = torch.tensor([[0.95, 0.6, 0.6, 0.6, 0.4]])
     view = dllm.StepView(logits=None, x0=torch.zeros(1, 5, dtype=torch.long), confidence=conf,
-                         masked=torch.ones(1, 5, dtype=torch.bool), span=(0, 5), step=0, steps_per_block=None,
+                         masked=torch.ones(1, 5, dtype=torch.bool), span=(0, 5), step=0, steps_per_span=None,
                          canvas=torch.zeros(1, 5, dtype=torch.long), rows=torch.arange(1))
     assert sampler.select(view).tolist() == [[True, True, False, False, False]]
 
@@ -360,3 +360,13 @@ def test_a_sampler_that_commits_mask_is_stopped_with_a_one_line_error():
 
     one_line_error(DecodeError, lambda: dllm.generate(model, random_prompts(model, 2, 36), sampler=MaskingSampler(),
                                                       gen_length=8, block_length=8), "MASK token", "masking_sampler")
+
+
+def test_system_prompt_and_chat_template_arguments_reach_the_template():
+    model = golden_model("sdar")
+    plain = dllm.generate(model, "Hi", chat=True, gen_length=4)
+    thinking_off = dllm.generate(model, "Hi", chat=True, system="Be brief.", gen_length=4,
+                                 chat_template_kwargs={"enable_thinking": False})
+    expected = model.encode("Hi", chat=True, system="Be brief.", template_kwargs={"enable_thinking": False})
+    assert thinking_off.prompt_lengths == [len(expected)] and thinking_off.prompt_lengths != plain.prompt_lengths
+    assert "</think>" in model.tokenizer.decode(expected)

@@ -224,7 +224,7 @@ class Engine:
     def _view(self, index, span, logits, x0, raw, masked, feed, any_opening_undecided) -> StepView:
         conf = raw.masked_fill(~masked, float("-inf"))
         view = StepView(logits=logits, x0=x0, confidence=conf, masked=masked, span=span, step=self.sampler_steps,
-                        steps_per_block=self.settings.steps_per_span, canvas=self.canvas.x, rows=self.rows,
+                        steps_per_span=self.settings.steps_per_span, canvas=self.canvas.x, rows=self.rows,
                         generator=self.generators_active[0] if self.generators_active else None,
                         mask_id=self.mask_id, span_masked=self.span_masked, raw_confidence=raw, eos_ids=self.eos,
                         state=self.state, span_index=index, spans=tuple(self.canvas.spans),

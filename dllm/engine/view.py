@@ -54,7 +54,7 @@ class StepView:
     masked: torch.Tensor  # [B, W] bool: candidate positions (MASK inside the span, before the row's end)
     span: tuple[int, int]  # canvas columns [start, end)
     step: int  # sampler steps already taken in this span (0 at the span's first sampler step)
-    steps_per_block: int | None  # the ``steps`` budget per span, when the user gave one
+    steps_per_span: int | None  # the ``steps`` budget of each decode span (block), when there is one
     canvas: torch.Tensor  # [B, T] current tokens (read-only)
     rows: torch.Tensor  # [B] index of each active row in the caller's batch
     generator: torch.Generator | None = None
@@ -84,10 +84,16 @@ class StepView:
         return self.masked.sum(-1)
 
     @property
+    def steps_per_block(self) -> int | None:
+        """Deprecated name of ``steps_per_span`` (the budget is per decode span, which is a block unless the
+        sampler lays out its own spans)."""
+        return self.steps_per_span
+
+    @property
     def steps_left(self) -> int | None:
-        if self.steps_per_block is None:
+        if self.steps_per_span is None:
             return None
-        return self.steps_per_block - self.step
+        return self.steps_per_span - self.step
 
     @property
     def is_eos(self) -> torch.Tensor:

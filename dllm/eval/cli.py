@@ -129,9 +129,14 @@ def run_lm_eval(argv: list[str]) -> int:
             args.include_path = [str(TASKS_DIR)] + ([extra] if extra else [])
         if getattr(args, "model", None) == "dllm" and not getattr(args, "config", None) and not hasattr(args, "batch_size"):
             args.batch_size = str(DEFAULT_BATCH)
+        requested = _task_names(getattr(args, "tasks", None))
+        embedded = task_manager(include_defaults=False)
+        unknown = [t for t in requested if t.startswith("dllm_") and t not in embedded.all_tasks]
+        if unknown:  # an embedded-suite name that does not exist: say so without indexing all of lm-eval
+            raise ValueError(f"Tasks not found: {', '.join(unknown)}")
         if getattr(args, "num_fewshot", None):
-            tasks = _task_names(getattr(args, "tasks", None))
-            check_num_fewshot(task_manager(include_defaults=False), [t for t in tasks if t.startswith("dllm_")],
+            tasks = requested
+            check_num_fewshot(embedded, [t for t in tasks if t.startswith("dllm_")],
                               args.num_fewshot, flag="--num_fewshot")
         with quiet_lm_eval():
             cli.execute(args)

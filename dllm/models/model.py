@@ -107,13 +107,16 @@ class Model:
         return ids, positions, attention_mask_for(self, positions, positions, keep)
 
     # ------------------------------------------------------------------------------------------------
-    def encode(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
-        """Token ids of a prompt; with ``chat`` the checkpoint's chat template wraps it as one user turn."""
+    def encode(self, prompt: str, chat: bool = False, system: str | None = None,
+               template_kwargs: dict | None = None) -> list[int]:
+        """Token ids of a prompt; with ``chat`` the checkpoint's chat template wraps it as one user turn (after a
+        ``system`` turn if given); ``template_kwargs`` go to the template (e.g. SDAR's ``enable_thinking``)."""
         if chat:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise ValueError(f"the {self.family} checkpoint at {self.path} has no chat template: call with chat=False")
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      **(template_kwargs or {}))
             return self.tokenizer.encode(text, add_special_tokens=False)
         return self.tokenizer.encode(prompt, add_special_tokens=False)
 

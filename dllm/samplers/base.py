@@ -31,7 +31,7 @@ class Sampler:
     """Base class: subclasses are dataclasses whose fields are the sampler's options."""
 
     name: str = ""
-    #: whether the sampler reads ``view.steps_per_block`` (then ``steps`` must divide into the blocks)
+    #: whether the sampler reads ``view.steps_per_span`` (then ``steps`` must divide into the blocks)
     uses_steps: bool = False
 
     #: whether the sampler draws random numbers (then each row gets its own seeded generator)

@@ -27,6 +27,15 @@ def scheduled_count(masked: torch.Tensor, steps_left: int | None) -> torch.Tenso
     return torch.div(remaining + max(steps_left, 1) - 1, max(steps_left, 1), rounding_mode="floor")
 
 
+def cumulative_quota(total: torch.Tensor, steps: int, done: int) -> torch.Tensor:
+    """[B] positions LLaDA's schedule has committed after ``done`` of ``steps`` steps of a span that started with
+    ``total`` masks: the same front-loaded table as :func:`scheduled_count` (N // S per step, the first N % S one
+    more), summed — for rules that cap themselves by the schedule (``threshold:cap="schedule"``)."""
+    if done >= steps:
+        return total
+    return torch.div(total, steps, rounding_mode="floor") * done + (total % steps).clamp(max=done)
+
+
 @lru_cache(maxsize=64)
 def ascending_plan(gen_length: int, blocks: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """(span lengths, first global step of each span, quota of each global step) of the ASS schedule.
@@ -129,6 +138,6 @@ class Static(Sampler):
             step, _, quotas = self._ascending(view)
             t = (2 ** (step + 1) - 1) / 2 ** len(quotas)
         else:
-            total = (view.steps_per_block or 1) * max(len(view.spans), 1)
+            total = (view.steps_per_span or 1) * max(len(view.spans), 1)
             t = min(view.total_step, total - 1) / (total - 1) if total > 1 else 1.0
         return torch.full((rows,), float(t), device=view.masked.device)

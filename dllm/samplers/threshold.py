@@ -10,7 +10,7 @@ import torch
 from ..engine.view import StepView, top_k_mask
 from .base import Sampler, register
 from .factor import check_factor, factor_commit
-from .static import scheduled_count
+from .static import cumulative_quota, scheduled_count
 
 
 @register("threshold")
@@ -76,13 +76,7 @@ class Threshold(Sampler):
     def _cumulative_quota(view: StepView) -> torch.Tensor:
         """[B] the static schedule's quota up to this step minus what the span already committed.
 
-        LLaDA's quota table front-loads the remainder (N // S per step, the first N % S one more), so the
-        cumulative quota after step i is (i + 1) * (N // S) + min(i + 1, N % S); unused quota carries over.
+        Unused quota carries over; at the span's last step everything remaining is allowed.
         """
         total = view.span_masked
-        steps = view.steps_per_block
-        if view.step >= steps - 1:
-            return view.masked_count
-        done = view.step + 1
-        cumulative = torch.div(total, steps, rounding_mode="floor") * done + (total % steps).clamp(max=done)
-        return cumulative - (total - view.masked_count)
+        return cumulative_quota(total, view.steps_per_span, view.step + 1) - (total - view.masked_count)

@@ -134,11 +134,11 @@ def llada_config(recipe: Recipe, vocab_size: int, ids: dict[str, int]) -> dict:
 
 def build_network(config: dict, seed: int):
     """The native network for a LLaDA config (parsed by the loader's own family code), freshly initialised."""
-    from ..models.families import _llada_config
+    from ..models.families import family_by_name
     from ..models.network import Network
 
     torch.manual_seed(seed)
-    net = Network(_llada_config(config))
+    net = Network(family_by_name("llada").network_config(config))
     for name, param in net.named_parameters():
         if name.endswith("norm.weight"):
             torch.nn.init.ones_(param)
@@ -458,22 +458,17 @@ def run(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, 
     return out
 
 
-def _passive_openmp(argv: list[str] | None) -> None:
-    """Re-run this command with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller chose a policy.
+def _openmp_hint(threads: int) -> None:
+    """Say how to avoid OpenMP's spinning waits when several threads share busy cores (measured 3-5x slower
+    steps on 2 busy cores). The variable is read when torch loads, so only the caller can set it."""
+    if threads > 1 and "OMP_WAIT_POLICY" not in os.environ:
+        import sys
 
-    OpenMP threads that spin while waiting collapse when anything else shares the cores (measured 3-5x
-    slower steps on 2 busy cores); the variable is read when torch loads, hence a re-exec, not a setenv.
-    """
-    if "OMP_WAIT_POLICY" in os.environ or argv is not None:
-        return
-    import sys
-
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.execv(sys.executable, [sys.executable, "-m", "dllm.tiny.train", *sys.argv[1:]])
+        print("tip: run with OMP_WAIT_POLICY=PASSIVE (or --threads 1) when other processes share the cores",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _passive_openmp(argv)
     parser = argparse.ArgumentParser(prog="python -m dllm.tiny.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--resume", action="store_true", help=f"continue from {STATE_FILE} in --out")
@@ -488,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
                             help=f"(tiny default: {f.default})")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    _openmp_hint(args.threads)
     chosen = {**PRESETS[args.preset],
               **{f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}}
     recipe = Recipe(**chosen)

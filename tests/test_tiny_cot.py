@@ -1,0 +1,96 @@
+"""The second embedded benchmark (tiny-cot): task generators, shipped test sets, scorers and the recipe's errors."""
+
+import json
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+from dllm.tiny import cot_tasks, tasks, train
+
+
+@pytest.mark.parametrize("task", cot_tasks.COT_TASKS)
+def test_shipped_cot_test_files_match_the_generators(task):
+    lines = (tasks.DATA_DIR / f"{task}_test.jsonl").read_text().splitlines()
+    assert len(lines) == tasks.TEST_SIZE
+    expected = [tasks.test_record(e, i) for i, e in enumerate(tasks.test_set(task))]
+    assert [json.loads(line) for line in lines] == json.loads(json.dumps(expected))
+    assert all(tasks.in_test_split(e) for e in tasks.test_set(task, 50))
+
+
+def test_chain_arithmetic_lines_are_right_and_dependent():
+    rng = random.Random(0)
+    for _ in range(200):
+        ex = tasks.sample("cot_arith", rng)
+        env = {}
+        for statement in ex.prompt[len("Solve: "):].split(". What")[0].split(", "):
+            name, expr = statement.split("=")
+            env[name] = eval(expr, {}, dict(env))  # noqa: S307 (our own generated arithmetic)
+            assert 0 <= env[name] <= 99
+        lines = ex.target.split("\n")
+        assert 3 <= len(lines) - 1 <= 8 and lines[-1] == f"#### {env[ex.prompt.split('What is ')[1][0]]}"
+        for line in lines[:-1]:  # every worked line is its own correct arithmetic
+            left, value = line.rsplit("=", 1)
+            assert eval(left.split("=", 1)[1]) == int(value)  # noqa: S307
+
+
+def test_unordered_answers_accept_every_order_and_nothing_else():
+    ex = tasks.sample("cot_filter", random.Random(3))
+    numbers = ex.target.split()
+    assert tasks.score("cot_filter", ex.target, " ".join(reversed(numbers)))["exact"] == 1.0
+    assert tasks.score("cot_filter", ex.target, " ".join(numbers[:-1]))["exact"] == 0.0
+    assert tasks.score("cot_filter", ex.target, " ".join(numbers + numbers[:1]))["exact"] == 0.0
+    orders = {tasks.sample("cot_filter", random.Random(s)).target for s in range(5)}
+    assert len(orders) == 5  # training targets come in shuffled orders
+
+
+def test_copy_and_json_tasks_are_right():
+    rng = random.Random(1)
+    for _ in range(100):
+        ex = tasks.sample("cot_copy", rng)
+        op, items = ex.prompt.rstrip("\n").split(": ", 1)
+        items = items.split()
+        expected = {"Copy": items, "Reverse": items[::-1]}.get(op) or [str(int(x) + int(op.split()[1])) for x in items]
+        assert ex.target.split() == expected
+        js = tasks.sample("cot_json", rng)
+        record = json.loads(js.target)
+        assert 3 <= len(record) <= 8 and record == js.meta["answer"]
+        assert tasks.score("cot_json", js.target, js.target) == {"parseable": 1.0, "exact": 1.0, "fields": 1.0}
+
+
+def test_answer_lengths_vary_over_the_canvas():
+    tok = train.train_tokenizer(task_names=cot_tasks.COT_TASKS)
+    lengths = [len(tok.encode(e.target).ids) for task in cot_tasks.COT_TASKS for e in tasks.load_test_set(task)]
+    assert min(lengths) <= 10 and max(lengths) >= 90 and max(lengths) < 128
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--preset", "cot", "--resume"], "--resume: no train_state.pt"),
+])
+def test_recipe_bad_input_is_one_line(tmp_path, argv, message):
+    run = subprocess.run([sys.executable, "-m", "dllm.tiny.train", "--out", str(tmp_path / "run"), *argv],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_recipe_refuses_an_output_folder_of_another_run(tmp_path):
+    (tmp_path / "train_state.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train.check_output(tmp_path, resume=False)
+    (tmp_path / "train_state.pt").unlink()
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        train.check_output(tmp_path, resume=False)
+
+
+def test_cot_preset_is_within_the_parameter_budget():
+    recipe = train.Recipe(**train.PRESETS["cot"])
+    tok = train.train_tokenizer(task_names=train.tokenizer_tasks(recipe))
+    net = train.build_network(train.llada_config(recipe, tok.get_vocab_size(), train.special_ids(tok)), 0)
+    params = sum(p.numel() for p in net.parameters())
+    assert 1.5e6 <= params <= 4e6 and params * 4 <= 16 * 2**20
+    assert re.fullmatch(r"cot_\w+(,cot_\w+){3}", recipe.tasks)
