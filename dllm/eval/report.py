@@ -207,11 +207,16 @@ def task_figure(report: TaskReport):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"accuracy (%, {report.metric})")
         ax.grid(True, alpha=0.3)
-        if drawn:
+        if drawn and len(families) <= 4:
             ax.legend(fontsize=7, loc="best")
     left.set_title(f"{report.task}: accuracy vs parallelism")
     right.set_title(f"{report.task}: accuracy vs throughput")
-    fig.tight_layout()
+    if len(families) > 4:  # many curves: one legend beside the panels, not over the data
+        handles, labels = left.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0, 0.68, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -298,7 +303,10 @@ def _points_of(path: Path, results: dict, model: str) -> list[Point]:
     knobs = {k: v for k, v in options.items() if _is_number(v)}
     knobs.update({k: settings[k] for k in _KNOB_SETTINGS if settings.get(k) is not None})
     family = {k: v for k, v in options.items() if not _is_number(v)}
-    family.update({k: v for k, v in settings.items() if k not in _NOT_FAMILY})
+    family.update({k: v for k, v in settings.items() if k not in _NOT_FAMILY + ("modifier_options",)})
+    if isinstance(family.get("modifiers"), (list, tuple)):  # compact: modifiers=eoser+other, gamma_min=0.01
+        family["modifiers"] = "+".join(map(str, family["modifiers"])) or None
+    family.update(settings.get("modifier_options") or {})
     family["cache"] = resolved_cache
     family.update({f"cache.{k}": v for k, v in (settings.get("cache_options") or {}).items()})
     points = []
@@ -318,7 +326,8 @@ def _name_families(points: list[Point]) -> None:
     keys = sorted({k for p in points for k in p.family_settings})
     varying = [k for k in keys if len({json.dumps(p.family_settings.get(k), default=str) for p in points}) > 1]
     for p in points:
-        extra = [f"{k}={_fmt_value(p.family_settings.get(k))}" for k in varying]
+        extra = [f"{k}={_fmt_value(p.family_settings.get(k))}" for k in varying
+                 if not _is_default(p.family_settings.get(k))]
         p.family = p.sampler + (f" [{', '.join(extra)}]" if extra else "")
 
 
@@ -331,9 +340,16 @@ def _mark_references(points: list[Point]) -> None:
             min(candidates, key=lambda p: p.tpf if p.tpf is not None else float("inf")).reference = True
 
 
+def _is_default(value) -> bool:
+    """Settings left at their neutral value say nothing about a family (no modifiers, no schedule option)."""
+    return value is None or value == "linear" or value == [] or value == {} or value == ()
+
+
 def _one_per_step(p: Point) -> bool:
+    """Static one token per step: the canvas as the step budget, LLaDA's linear schedule, no modifiers."""
     steps = p.knobs.get("steps")
-    return steps is None or steps >= (p.family_settings.get("gen_length") or 0)
+    plain = p.family_settings.get("schedule", "linear") == "linear" and not p.family_settings.get("modifiers")
+    return plain and (steps is None or steps >= (p.family_settings.get("gen_length") or 0))
 
 
 def _score(family: str, points: list[Point], y_max: float | None) -> FamilyScore:
