@@ -96,31 +96,12 @@ def test_cot_preset_is_within_the_parameter_budget():
     assert re.fullmatch(r"cot_\w+(,cot_\w+){3}", recipe.tasks)
 
 
-# --------------------------------------------------------------------------------------------------
-# the shipped checkpoint
-# --------------------------------------------------------------------------------------------------
-FIRST_DECODES = __import__("pathlib").Path(__file__).parent / "data" / "tiny_cot_first_decodes.json"
-
-
-def test_tiny_cot_loads_offline_and_decodes_the_first_problems_as_documented():
-    """The first two test problems of every task, one token per step, decode to the answers recorded when the
-    checkpoint shipped (``dllm/tiny/README.md`` documents them; the file is rewritten only with a new checkpoint)."""
+def test_tiny_cot_is_refused_with_a_one_line_error_until_it_ships():
+    """The second embedded model is not shipped yet (its first run was under-trained, see dllm/tiny/README.md):
+    asking for it says so and names the recipe, instead of failing on a missing directory."""
     import dllm
 
-    model = dllm.load("tiny-cot")
-    assert model.family == "llada" and model.canvas_defaults == {"gen_length": 128, "block_length": 32}
-    documented = json.loads(FIRST_DECODES.read_text())
-    prompts = [e.prompt for task in cot_tasks.COT_TASKS for e in tasks.load_test_set(task)[:2]]
-    out = dllm.generate(model, prompts, sampler="static", steps=128)
-    assert [{"prompt": p, "text": t} for p, t in zip(prompts, out.texts)] == documented
-
-
-def test_dllm_eval_runs_the_cot_suite(tmp_path, capsys):
-    from dllm.cli import main
-
-    code = main(["eval", "--model", "tiny-cot", "--tasks", "dllm_cot_copy,dllm_cot_json", "--samplers", "threshold",
-                 "--caches", "dual", "--limit", "2", "--output", str(tmp_path), "--no-progress", "--threads", "1"])
-    printed = capsys.readouterr().out
-    assert code == 0
-    rows = [line for line in printed.splitlines() if line.startswith("| dllm_cot_")]
-    assert {row.split(" | ")[0][2:] for row in rows} == {"dllm_cot_copy", "dllm_cot_json"}
+    with pytest.raises(dllm.CheckpointError) as info:
+        dllm.load("tiny-cot")
+    message = str(info.value)
+    assert "\n" not in message and "python -m dllm.tiny.train --preset cot" in message

@@ -215,9 +215,14 @@ def cot_json(rng: random.Random, min_fields: int = 3, max_fields: int = 8) -> Ex
 GENERATORS = {"cot_arith": cot_arith, "cot_filter": cot_filter, "cot_copy": cot_copy, "cot_json": cot_json}
 
 
-def generate(task: str, rng: random.Random) -> Example:
-    """One problem of ``task`` at its shipped difficulty."""
-    return GENERATORS[task](rng, **DIFFICULTY[task])
+# the ranges of the shipped test sets: the training ranges unless a test set is narrowed to an easier, still
+# in-distribution sub-range (the difficulty knob of the benchmark; the model is trained on DIFFICULTY)
+TEST_DIFFICULTY = {task: dict(ranges) for task, ranges in DIFFICULTY.items()}
+
+
+def generate(task: str, rng: random.Random, split: str = "train") -> Example:
+    """One problem of ``task`` at its training (``split="train"``) or test-set difficulty."""
+    return GENERATORS[task](rng, **(DIFFICULTY if split == "train" else TEST_DIFFICULTY)[task])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -150,14 +150,15 @@ def in_test_split(example: Example) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
 
 
-def _generator(task: str):
-    """The generator of ``task``: the first suite's here, ``tiny-cot``'s in :mod:`.cot_tasks`."""
+def _generator(task: str, split: str = "train"):
+    """The generator of ``task``: the first suite's here, ``tiny-cot``'s in :mod:`.cot_tasks` (whose test sets
+    may use a narrower difficulty range than training, ``cot_tasks.TEST_DIFFICULTY``)."""
     if task in _GENERATORS:
         return _GENERATORS[task]
     from . import cot_tasks
 
     if task in cot_tasks.GENERATORS:
-        return lambda rng: cot_tasks.generate(task, rng)
+        return lambda rng: cot_tasks.generate(task, rng, split)
     raise ValueError(f"unknown task {task!r} (known: {', '.join(all_tasks())})")
 
 
@@ -172,7 +173,7 @@ def sample(task: str, rng: random.Random, split: str = "train") -> Example:
     """Draw one problem of ``task`` from ``split`` ("train" or "test")."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    generate = _generator(task)
+    generate = _generator(task, split)
     while True:
         example = generate(rng)
         if in_test_split(example) == (split == "test"):
