@@ -30,7 +30,7 @@ def test_chain_arithmetic_lines_are_right_and_dependent():
             env[name] = eval(expr, {}, dict(env))  # noqa: S307 (our own generated arithmetic)
             assert 0 <= env[name] <= 99
         lines = ex.target.split("\n")
-        assert 3 <= len(lines) - 1 <= 8 and lines[-1] == f"#### {env[ex.prompt.split('What is ')[1][0]]}"
+        assert 3 <= len(lines) - 1 <= 6 and lines[-1] == f"#### {env[ex.prompt.split('What is ')[1][0]]}"
         for line in lines[:-1]:  # every worked line is its own correct arithmetic
             left, value = line.rsplit("=", 1)
             assert eval(left.split("=", 1)[1]) == int(value)  # noqa: S307
@@ -56,14 +56,14 @@ def test_copy_and_json_tasks_are_right():
         assert ex.target.split() == expected
         js = tasks.sample("cot_json", rng)
         record = json.loads(js.target)
-        assert 3 <= len(record) <= 8 and record == js.meta["answer"]
+        assert 3 <= len(record) <= 7 and record == js.meta["answer"]
         assert tasks.score("cot_json", js.target, js.target) == {"parseable": 1.0, "exact": 1.0, "fields": 1.0}
 
 
 def test_answer_lengths_vary_over_the_canvas():
     tok = train.train_tokenizer(task_names=cot_tasks.COT_TASKS)
     lengths = [len(tok.encode(e.target).ids) for task in cot_tasks.COT_TASKS for e in tasks.load_test_set(task)]
-    assert min(lengths) <= 10 and max(lengths) >= 90 and max(lengths) < 128
+    assert min(lengths) <= 10 and max(lengths) >= 50 and max(lengths) < 128
 
 
 @pytest.mark.parametrize("argv, message", [

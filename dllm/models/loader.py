@@ -24,7 +24,7 @@ EMBEDDED_MODELS = {"tiny": Path(__file__).resolve().parent.parent / "tiny" / "ch
                    "tiny-cot": Path(__file__).resolve().parent.parent / "tiny" / "checkpoint_cot"}
 # embedded models whose recipe exists but whose weights do not ship yet (what to do instead)
 UNSHIPPED_MODELS = {
-    "tiny-cot": "the embedded model 'tiny-cot' is not shipped yet (its first training run was too short, see "
+    "tiny-cot": "the embedded model 'tiny-cot' is not shipped yet (its training runs so far were too weak, see "
                 "dllm/tiny/README.md): train it with `python -m dllm.tiny.train --preset cot --out DIR` and load DIR",
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
