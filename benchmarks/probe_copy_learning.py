@@ -8,7 +8,7 @@ network left-to-right on one copy task only and prints the token accuracy every 
 * ``keyed``: ``Copy: a=12 b=45 c=7`` -> the same text (each value is retrieved by its key, the kind of lookup
   ``tiny`` learnt for JSON and sorting).
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/probe_copy_learning.py plain|keyed [--steps 400]``. Results are in
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/probe_copy_learning.py plain|keyed [--steps 400] [--min-len 5 --max-len 24]``. Results are in
 ``dllm/tiny/README.md`` (about 12 minutes per 400 steps on one core).
 """
 
@@ -25,8 +25,8 @@ from dllm.tiny.tasks import Example
 KEYS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def copy_task(keyed: bool):
-    def generate(rng: random.Random, min_len: int = 5, max_len: int = 24, **_) -> Example:
+def copy_task(keyed: bool, min_len: int, max_len: int):
+    def generate(rng: random.Random, **_) -> Example:
         items = [str(rng.randint(0, 90)) for _ in range(rng.randint(min_len, max_len))]
         text = " ".join(f"{k}={v}" for k, v in zip(KEYS, items)) if keyed else " ".join(items)
         return Example("cot_copy", f"Copy: {text}\n", text, {"answer": text})
@@ -39,9 +39,11 @@ def main() -> None:
     parser.add_argument("mode", choices=("plain", "keyed"))
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--min-len", type=int, default=5, help="shortest span (items)")
+    parser.add_argument("--max-len", type=int, default=24, help="longest span (items); the preset's range is 5-24")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cot_tasks.GENERATORS["cot_copy"] = copy_task(args.mode == "keyed")  # this process only
+    cot_tasks.GENERATORS["cot_copy"] = copy_task(args.mode == "keyed", args.min_len, args.max_len)  # this process only
     recipe = train.Recipe(**{**train.PRESETS["cot"], "tasks": "cot_copy", "steps": args.steps,
                              "warm_start": args.steps, "warmup": 50})
     tokenizer = train.train_tokenizer(task_names=("cot_copy",))
