@@ -8,8 +8,9 @@ network left-to-right on one copy task only and prints the token accuracy every 
 * ``keyed``: ``Copy: a=12 b=45 c=7`` -> the same text (each value is retrieved by its key, the kind of lookup
   ``tiny`` learnt for JSON and sorting).
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/probe_copy_learning.py plain|keyed [--steps 400] [--min-len 5 --max-len 24]``. Results are in
-``dllm/tiny/README.md`` (about 12 minutes per 400 steps on one core).
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/probe_copy_learning.py plain|keyed [--steps 400]
+[--min-len 5 --max-len 24]``. Results are in ``dllm/tiny/README.md`` and ``benchmarks/README.md`` (about 12
+minutes per 400 steps on one core).
 """
 
 from __future__ import annotations
