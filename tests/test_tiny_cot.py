@@ -87,6 +87,24 @@ def test_recipe_refuses_an_output_folder_of_another_run(tmp_path):
         train.check_output(tmp_path, resume=False)
 
 
+def test_length_curriculum_starts_short_and_reaches_the_full_ranges():
+    recipe = train.Recipe(**train.PRESETS["cot"])
+    assert recipe.curriculum > 0 and recipe.curriculum <= recipe.warm_start
+    progress = [train.curriculum_progress(recipe, s) for s in range(0, recipe.steps, 50)]
+    assert progress[0] == 0.0 and progress == sorted(progress) and progress[-1] == 1.0
+    assert train.curriculum_progress(train.Recipe(), 0) == 1.0  # the tiny recipe has none
+    for task in cot_tasks.COT_TASKS:
+        low_key, high_key = cot_tasks.SIZE_RANGE[task]
+        start, full = cot_tasks.curriculum_ranges(task, 0.0), cot_tasks.curriculum_ranges(task, 1.0)
+        assert full == cot_tasks.DIFFICULTY[task]
+        assert start[low_key] == full[low_key] <= start[high_key] < full[high_key]
+    rng = random.Random(3)
+    short = [tasks.sample("cot_copy", rng, "train", 0.0) for _ in range(40)]
+    assert max(len(e.target.split()) for e in short) <= cot_tasks.curriculum_ranges("cot_copy", 0.0)["max_len"]
+    # the test split ignores the curriculum
+    assert tasks.sample("cot_copy", random.Random(0), "test", 0.0) == tasks.sample("cot_copy", random.Random(0), "test")
+
+
 def test_cot_preset_is_within_the_parameter_budget():
     recipe = train.Recipe(**train.PRESETS["cot"])
     tok = train.train_tokenizer(task_names=train.tokenizer_tasks(recipe))

@@ -150,15 +150,16 @@ def in_test_split(example: Example) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
 
 
-def _generator(task: str, split: str = "train"):
+def _generator(task: str, split: str = "train", progress: float = 1.0):
     """The generator of ``task``: the first suite's here, ``tiny-cot``'s in :mod:`.cot_tasks` (whose test sets
-    may use a narrower difficulty range than training, ``cot_tasks.TEST_DIFFICULTY``)."""
+    may use a narrower difficulty range than training, ``cot_tasks.TEST_DIFFICULTY``, and whose training
+    ranges a length curriculum narrows while ``progress`` < 1; the first suite has no curriculum)."""
     if task in _GENERATORS:
         return _GENERATORS[task]
     from . import cot_tasks
 
     if task in cot_tasks.GENERATORS:
-        return lambda rng: cot_tasks.generate(task, rng, split)
+        return lambda rng: cot_tasks.generate(task, rng, split, progress)
     raise ValueError(f"unknown task {task!r} (known: {', '.join(all_tasks())})")
 
 
@@ -169,11 +170,12 @@ def all_tasks() -> tuple[str, ...]:
     return TASKS + COT_TASKS
 
 
-def sample(task: str, rng: random.Random, split: str = "train") -> Example:
-    """Draw one problem of ``task`` from ``split`` ("train" or "test")."""
+def sample(task: str, rng: random.Random, split: str = "train", progress: float = 1.0) -> Example:
+    """Draw one problem of ``task`` from ``split`` ("train" or "test"); ``progress`` < 1: a curriculum's
+    narrower training range (see :func:`.cot_tasks.curriculum_ranges`)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    generate = _generator(task, split)
+    generate = _generator(task, split, progress)
     while True:
         example = generate(rng)
         if in_test_split(example) == (split == "test"):

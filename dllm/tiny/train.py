@@ -57,6 +57,7 @@ class Recipe:
     tasks: str = "arith,json,sort"  # comma-separated, mixed evenly in every batch
     warm_start: int = 3000  # first steps trained left-to-right (two-stream, see ``left_to_right_loss``)
     warm_start_trim: bool = False  # warm start on answer + first EOS only (not the EOS tail): ~2x cheaper
+    curriculum: int = 0  # length curriculum over this many steps (0 = off; see ``curriculum_progress``)
     eval_every: int = 500
     save_every: int = 250
 
@@ -75,7 +76,7 @@ PRESETS: dict[str, dict] = {
     "cot": {"tasks": "cot_arith,cot_filter,cot_copy,cot_json", "gen_length": 128, "block_length": 32,
             "d_model": 160, "n_heads": 5, "n_layers": 6, "mlp_hidden": 432, "max_prompt": 128,
             "batch_size": 32, "steps": 6500, "warm_start": 2800, "warm_start_trim": True, "warmup": 200,
-            "lr": 2e-3},
+            "lr": 2e-3, "curriculum": 1800},
 }
 
 
@@ -220,11 +221,22 @@ def collate(examples: list[tasks.Example], tokenizer, ids: dict[str, int], gen_l
     return Batch(tensor, keep, response)
 
 
+def curriculum_progress(recipe: Recipe, step: int) -> float:
+    """How far the tiny-cot size ranges are widened at ``step``: the first third of ``recipe.curriculum``
+    steps trains on the short start ranges only (where copying from the prompt is found), the rest widens
+    them linearly to the full range; 1.0 without a curriculum."""
+    if recipe.curriculum <= 0:
+        return 1.0
+    hold = recipe.curriculum / 3
+    return min(1.0, max(0.0, (step - hold) / (recipe.curriculum - hold)))
+
+
 def step_examples(recipe: Recipe, step: int) -> list[tasks.Example]:
     """The training problems of ``step`` (a function of seed and step only; tasks mixed evenly)."""
     rng = random.Random(f"tiny-train-{recipe.seed}-{step}")
     names = recipe.task_list
-    return [tasks.sample(names[i % len(names)], rng, "train") for i in range(recipe.batch_size)]
+    progress = curriculum_progress(recipe, step)
+    return [tasks.sample(names[i % len(names)], rng, "train", progress) for i in range(recipe.batch_size)]
 
 
 def noise(batch: Batch, mask_id: int, generator: torch.Generator, min_ratio: float,
