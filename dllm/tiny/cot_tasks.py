@@ -10,7 +10,7 @@ tasks are built so that samplers *differ*:
 * ``cot_filter`` — "Filter even: 31 12 19 44 ..." -> the selected numbers **in any order** (the training
   targets are shuffled, so the model learns several valid outputs). Per-position marginals of different
   valid orders mix into duplicates and omissions when committed in parallel; the scorer accepts every order.
-* ``cot_copy`` — copy / reverse / add-k over 5-24 numbers or words: long spans with strong local
+* ``cot_copy`` — copy / reverse / add-k over 5-40 numbers: long spans with strong local
   structure (the regime LocalLeap exploits) and the longest answers.
 * ``cot_json`` — a sentence with 2-6 facts -> a JSON object in sentence order, with nested objects
   (address, maker) and arrays (pets, sizes); later used by grammar-constrained decoding.
@@ -40,7 +40,7 @@ COT_TASKS = ("cot_arith", "cot_filter", "cot_copy", "cot_json")
 DIFFICULTY = {
     "cot_arith": {"min_steps": 3, "max_steps": 6, "max_operand": 12},
     "cot_filter": {"min_len": 6, "max_len": 20},
-    "cot_copy": {"min_len": 5, "max_len": 24},
+    "cot_copy": {"min_len": 5, "max_len": 40},
     "cot_json": {"min_fields": 3, "max_fields": 7},
 }
 
@@ -122,21 +122,18 @@ def cot_filter(rng: random.Random, min_len: int = 10, max_len: int = 40) -> Exam
 # --------------------------------------------------------------------------------------------------
 # long copy / reverse / transform
 # --------------------------------------------------------------------------------------------------
-WORDS = ("apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "glass", "honey", "maple", "ocean",
-         "pepper", "rocket", "silver", "tomato", "violet", "window", "yellow", "zebra", "anchor", "bridge",
-         "candle", "desert", "forest", "garden", "island", "jacket", "kitten", "ladder", "mirror", "needle",
-         "orange", "pencil", "rabbit", "saddle", "tunnel", "wallet", "button", "carpet", "dragon")
+def cot_copy(rng: random.Random, min_len: int = 8, max_len: int = 50, copy_only: bool = False) -> Example:
+    """``Reverse: 12 45 7`` -> ``7 45 12``; also ``Copy:`` and ``Add 3:`` (``copy_only``: plain copies only,
+    the length curriculum's first stage).
 
-
-def cot_copy(rng: random.Random, min_len: int = 8, max_len: int = 50) -> Example:
-    """``Reverse: 12 45 7`` -> ``7 45 12``; also ``Copy:`` and ``Add 3:`` over numbers, copy/reverse over words."""
+    Numbers only: every value below 100 is one token, so copying is a one-hop lookup (find the token just
+    written in the prompt, emit its successor). Word spans were dropped after the third run's probes: the
+    tokenizer keeps a word and its following space apart (``rabbit``, ``Ġ``), which makes each lookup two hops,
+    and with half the spans made of words the model learnt neither kind (token accuracy flat at 0.60 for 300
+    steps, where numbers alone reach 0.99 in 250)."""
     count = rng.randint(min_len, max_len)
-    if rng.random() < 0.5:
-        items = [str(rng.randint(0, 90)) for _ in range(count)]
-        op = rng.choice(("Copy", "Reverse", "Add"))
-    else:
-        items = [rng.choice(WORDS) for _ in range(count)]
-        op = rng.choice(("Copy", "Reverse"))
+    items = [str(rng.randint(0, 90)) for _ in range(count)]
+    op = "Copy" if copy_only else rng.choice(("Copy", "Reverse", "Add"))
     if op == "Add":
         k = rng.randint(1, 9)
         label, out = f"Add {k}", [str(int(x) + k) for x in items]
@@ -227,7 +224,7 @@ TEST_DIFFICULTY = {task: dict(ranges) for task, ranges in DIFFICULTY.items()}
 # the keyword pair that spans each generator's size range (chain steps, list items, JSON fields)
 SIZE_RANGE = {"cot_arith": ("min_steps", "max_steps"), "cot_filter": ("min_len", "max_len"),
               "cot_copy": ("min_len", "max_len"), "cot_json": ("min_fields", "max_fields")}
-CURRICULUM_START = 0.15  # share of each size range a length curriculum starts with (copy: 5-8 of 5-24 items)
+CURRICULUM_START = 0.1  # share of each size range a length curriculum starts with (copy: 5-9 of 5-40 items)
 
 
 def curriculum_ranges(task: str, progress: float) -> dict:
@@ -236,13 +233,15 @@ def curriculum_ranges(task: str, progress: float) -> dict:
     Why: the probe in ``benchmarks/probe_copy_learning.py`` learns to copy 5-8 numbers abruptly (token accuracy
     0.45 -> 0.99 within 100 steps) but plateaus at 0.4 on 5-24 from the start; short spans first let the model
     find the copying circuit, which then carries over to long spans. ``progress`` 0 gives the start share
-    (``CURRICULUM_START``) of the range, 1 the full range.
+    (``CURRICULUM_START``) of the range (and plain copies only), 1 the full range.
     """
     ranges = dict(DIFFICULTY[task])
     low_key, high_key = SIZE_RANGE[task]
     low, high = ranges[low_key], ranges[high_key]
     share = CURRICULUM_START + (1 - CURRICULUM_START) * min(1.0, max(0.0, progress))
     ranges[high_key] = low + round(share * (high - low))
+    if task == "cot_copy" and progress <= 0:
+        ranges["copy_only"] = True  # plain copies first: reversing and adding build on the same lookup
     return ranges
 
 

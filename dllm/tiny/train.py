@@ -58,6 +58,7 @@ class Recipe:
     warm_start: int = 3000  # first steps trained left-to-right (two-stream, see ``left_to_right_loss``)
     warm_start_trim: bool = False  # warm start on answer + first EOS only (not the EOS tail): ~2x cheaper
     curriculum: int = 0  # length curriculum over this many steps (0 = off; see ``curriculum_progress``)
+    curriculum_tasks: str = ""  # tasks of the curriculum's first third ("" = all; see ``step_examples``)
     eval_every: int = 500
     save_every: int = 250
 
@@ -76,7 +77,7 @@ PRESETS: dict[str, dict] = {
     "cot": {"tasks": "cot_arith,cot_filter,cot_copy,cot_json", "gen_length": 128, "block_length": 32,
             "d_model": 160, "n_heads": 5, "n_layers": 6, "mlp_hidden": 432, "max_prompt": 128,
             "batch_size": 32, "steps": 6500, "warm_start": 2800, "warm_start_trim": True, "warmup": 200,
-            "lr": 2e-3, "curriculum": 1800},
+            "lr": 2e-3, "curriculum": 1800, "curriculum_tasks": "cot_copy"},
 }
 
 
@@ -231,10 +232,22 @@ def curriculum_progress(recipe: Recipe, step: int) -> float:
     return min(1.0, max(0.0, (step - hold) / (recipe.curriculum - hold)))
 
 
+def step_tasks(recipe: Recipe, step: int) -> tuple[str, ...]:
+    """The tasks of ``step``'s batch: ``curriculum_tasks`` during the curriculum's first third, else all.
+
+    Why: mixed evenly over four tasks, the short copy spans alone did not teach copying from the prompt in 750
+    steps (plain number copy stayed at the EOS-only token accuracy, 0.30), while the copy-only probe learns it
+    in 250; the other tasks need the same circuit (values copied into the worked lines and JSON)."""
+    hold = recipe.curriculum / 3
+    if recipe.curriculum_tasks and step < hold:
+        return tuple(t.strip() for t in recipe.curriculum_tasks.split(",") if t.strip())
+    return recipe.task_list
+
+
 def step_examples(recipe: Recipe, step: int) -> list[tasks.Example]:
     """The training problems of ``step`` (a function of seed and step only; tasks mixed evenly)."""
     rng = random.Random(f"tiny-train-{recipe.seed}-{step}")
-    names = recipe.task_list
+    names = step_tasks(recipe, step)
     progress = curriculum_progress(recipe, step)
     return [tasks.sample(names[i % len(names)], rng, "train", progress) for i in range(recipe.batch_size)]
 
@@ -345,7 +358,7 @@ def train_step(net, optimizer, recipe: Recipe, step: int, tokenizer, ids: dict[s
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     totals = {"loss": 0.0, "ce": 0.0, "acc": 0.0}
-    for task in recipe.task_list:
+    for task in step_tasks(recipe, step):
         group = [e for e in examples if e.task == task]
         if step < recipe.warm_start:
             length = recipe.gen_length
