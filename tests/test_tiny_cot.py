@@ -69,6 +69,7 @@ def test_answer_lengths_vary_over_the_canvas():
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--preset", "cot", "--resume"], "--resume: no train_state.pt"),
+    (["--preset", "cot", "--curriculum-tasks", "cot_sort"], "--curriculum-tasks cot_sort not in --tasks"),
 ])
 def test_recipe_bad_input_is_one_line(tmp_path, argv, message):
     run = subprocess.run([sys.executable, "-m", "dllm.tiny.train", "--out", str(tmp_path / "run"), *argv],

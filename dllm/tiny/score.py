@@ -117,6 +117,22 @@ HEADER = ("| task | sampler | accuracy (%, change vs 1 token/step) | NFE / sampl
           "|---|---|---|---:|---:|---:|---:|")
 
 
+FIRST_DECODES = tasks.DATA_DIR / "cot_first_decodes.jsonl"
+
+
+def first_decodes(model, per_task: int = 3) -> list[dict]:
+    """One-token-per-step decodes of each task's first test problems (the documented answers a test holds the
+    shipped ``tiny-cot`` to: a changed model, loader or engine shows up as a changed line)."""
+    import dllm
+
+    gen_length, block_length = canvas_of(model)
+    examples = [e for task in task_names(model) for e in tasks.load_test_set(task)[:per_task]]
+    out = dllm.generate(model, [e.prompt for e in examples], sampler="static", steps=gen_length,
+                        gen_length=gen_length, block_length=block_length)
+    return [{"task": e.task, "prompt": e.prompt, "target": e.target, "decode": text,
+             "exact": tasks.score(e.task, e.target, text)["exact"]} for e, text in zip(examples, out.texts)]
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -131,9 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default=None, help="cache for every row (default: none)")
     parser.add_argument("--tasks", default=None, help="comma-separated subset of the model's tasks")
     parser.add_argument("--json", default=None, help="also write the table as JSON to this file")
+    parser.add_argument("--write-first-decodes", action="store_true",
+                        help=f"only rewrite {FIRST_DECODES.name} (the documented first decodes) and stop")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = dllm.load(args.model, device="cpu")
+    if args.write_first_decodes:
+        rows = first_decodes(model)
+        FIRST_DECODES.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"wrote {FIRST_DECODES} ({sum(r['exact'] for r in rows):.0f} of {len(rows)} exact)")
+        return
     print(f"{model}\n\n{HEADER}")
     began = time.time()
     common = {"cache": args.cache} if args.cache else {}

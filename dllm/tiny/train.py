@@ -442,6 +442,10 @@ def run(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, 
     from tqdm import tqdm
 
     check_output(out, resume)
+    unknown = set(step_tasks(recipe, 0)) - set(recipe.task_list)
+    if unknown:
+        raise ValueError(f"--curriculum-tasks {','.join(sorted(unknown))} not in --tasks: name a subset of "
+                         f"{recipe.tasks}")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
     tokenizer = train_tokenizer(task_names=tokenizer_tasks(recipe))
