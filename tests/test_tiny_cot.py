@@ -28,12 +28,21 @@ def test_chain_arithmetic_lines_are_right_and_dependent():
         for statement in ex.prompt[len("Solve: "):].split(". What")[0].split(", "):
             name, expr = statement.split("=")
             env[name] = eval(expr, {}, dict(env))  # noqa: S307 (our own generated arithmetic)
-            assert 0 <= env[name] <= 99
+            assert 0 <= env[name] <= cot_tasks.DIFFICULTY["cot_arith"]["max_value"]
         lines = ex.target.split("\n")
         assert 3 <= len(lines) - 1 <= 6 and lines[-1] == f"#### {env[ex.prompt.split('What is ')[1][0]]}"
         for line in lines[:-1]:  # every worked line is its own correct arithmetic
             left, value = line.rsplit("=", 1)
             assert eval(left.split("=", 1)[1]) == int(value)  # noqa: S307
+
+
+def test_chain_arithmetic_knobs_bound_values_and_refer_back():
+    rng = random.Random(2)
+    chains = [cot_tasks.cot_arith(rng, 4, 4, max_operand=9, max_value=30, back_ref=1.0) for _ in range(100)]
+    results = [int(v) for ex in chains for v in re.findall(r"=(\d+)$", ex.target, re.M)]
+    assert max(results) <= 30
+    # with back_ref=1 an additive step after the first names an earlier variable instead of a constant
+    assert any(re.search(r"[a-z]=[a-z][+-][a-z]", ex.prompt) for ex in chains)
 
 
 def test_unordered_answers_accept_every_order_and_nothing_else():

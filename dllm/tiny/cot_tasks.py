@@ -4,18 +4,18 @@ The first embedded suite (``tasks.py``) is saturated: at the first forward nearl
 already above 0.9 confidence, so every parallel sampler lands on the one-forward-per-block floor. These
 tasks are built so that samplers *differ*:
 
-* ``cot_arith`` — a chain of 3-6 dependent assignments (values to 99, carries, + - *, sometimes an
-  earlier variable as the operand), one worked line per step and GSM8K's ``#### answer`` line. Each line's
+* ``cot_arith`` — a chain of 3-6 dependent assignments (two-digit values to 50, carries, + - *; the
+  generator can also refer back to earlier variables, off for the shipped model), one worked line per step and GSM8K's ``#### answer`` line. Each line's
   result depends on the previous line: committing many positions of a chain in parallel goes wrong.
 * ``cot_filter`` — "Filter even: 31 12 19 44 ..." -> the selected numbers **in any order** (the training
   targets are shuffled, so the model learns several valid outputs). Per-position marginals of different
   valid orders mix into duplicates and omissions when committed in parallel; the scorer accepts every order.
-* ``cot_copy`` — copy / reverse / add-k over 5-40 numbers: long spans with strong local
+* ``cot_copy`` — copy / reverse / add-k over 5-32 numbers: long spans with strong local
   structure (the regime LocalLeap exploits) and the longest answers.
 * ``cot_json`` — a sentence with 2-6 facts -> a JSON object in sentence order, with nested objects
   (address, maker) and arrays (pets, sizes); later used by grammar-constrained decoding.
 
-Answer lengths range over 2-56 tokens on the 128-token canvas (the first run's wider ranges reached
+Answer lengths range over 2-55 tokens on the 128-token canvas (the first run's wider ranges reached
 ~100; see README.md for why they were narrowed), so the EOS tail varies (what EOS
 rejection, End-of-Text prediction and variable-length decoding need).
 
@@ -34,52 +34,54 @@ from .tasks import CITIES, COLORS, ITEMS, JOBS, MATERIALS, NAMES, PETS, Example
 
 COT_TASKS = ("cot_arith", "cot_filter", "cot_copy", "cot_json")
 
-# the ranges the shipped tiny-cot model is trained and tested on (see the module docstring)
-# (second run: the first, at 3-8 steps / operands to 49 / 10-40 numbers / 8-50 items / 3-8 fields, left a
-# 2.2 M-parameter model at 0-1 % exact with one token per step: see README.md)
+# the ranges the shipped tiny-cot model is trained and tested on (see the module docstring); README.md records
+# the earlier, wider ranges (runs 1-3) and why each was narrowed
 DIFFICULTY = {
-    "cot_arith": {"min_steps": 3, "max_steps": 6, "max_operand": 12},
-    "cot_filter": {"min_len": 6, "max_len": 20},
-    "cot_copy": {"min_len": 5, "max_len": 40},
+    "cot_arith": {"min_steps": 3, "max_steps": 6, "max_operand": 9, "max_value": 50, "back_ref": 0.0},
+    "cot_filter": {"min_len": 4, "max_len": 12},
+    "cot_copy": {"min_len": 5, "max_len": 32},
     "cot_json": {"min_fields": 3, "max_fields": 7},
 }
 
 _LETTERS = "abcdefghkmnpqrstuvwxyz"
-MAX_VALUE = 99  # every value of a chain stays two-digit
+MAX_VALUE = 99  # the default bound of a chain's values (two-digit)
 
 
 # --------------------------------------------------------------------------------------------------
 # chain arithmetic
 # --------------------------------------------------------------------------------------------------
-def _operand(rng: random.Random, op: str, value: int, earlier: dict[str, int],
-             max_operand: int) -> tuple[str, int] | None:
-    """(text in the statement, numeric value) of a right operand that keeps the result in 0..99."""
+def _operand(rng: random.Random, op: str, value: int, earlier: dict[str, int], max_operand: int,
+             max_value: int, back_ref: float) -> tuple[str, int] | None:
+    """(text in the statement, numeric value) of a right operand that keeps the result in 0..max_value."""
     if op == "*":
         k = rng.randint(2, 3)
-        return (str(k), k) if value * k <= MAX_VALUE else None
-    if earlier and rng.random() < 0.2:  # refer back to an earlier variable: a longer-range dependency
+        return (str(k), k) if value * k <= max_value else None
+    if earlier and rng.random() < back_ref:  # refer back to an earlier variable: a longer-range dependency
         name = rng.choice(sorted(earlier))
         k = earlier[name]
-    else:
-        name, k = None, rng.randint(1, max_operand)
+        if 0 <= (value + k if op == "+" else value - k) <= max_value:
+            return name, k
+    k = rng.randint(1, max_operand)  # a constant (also when the earlier value would leave the range)
     result = value + k if op == "+" else value - k
-    if not 0 <= result <= MAX_VALUE:
-        return None
-    return (name or str(k), k)
+    return (str(k), k) if 0 <= result <= max_value else None
 
 
-def cot_arith(rng: random.Random, min_steps: int = 3, max_steps: int = 8, max_operand: int = 49) -> Example:
-    """A chain ``a=37, b=a+18, c=b*2, d=c-a`` -> ``b=37+18=55`` ... ``#### 73``."""
+def cot_arith(rng: random.Random, min_steps: int = 3, max_steps: int = 8, max_operand: int = 49,
+              max_value: int = MAX_VALUE, back_ref: float = 0.2) -> Example:
+    """A chain ``a=37, b=a+18, c=b*2, d=c-a`` -> ``b=37+18=55`` ... ``#### 73``.
+
+    ``max_value`` bounds every value, ``max_operand`` the constants, ``back_ref`` is the chance that an operand
+    is an earlier variable (which turns the step into a two-value sum the model must know as a fact)."""
     steps = rng.randint(min_steps, max_steps)
     names = rng.sample(_LETTERS, steps + 1)
-    value = rng.randint(2, 60)
+    value = rng.randint(2, max_value * 3 // 5)
     values = {names[0]: value}
     statements, lines = [f"{names[0]}={value}"], []
     for previous, name in zip(names, names[1:]):
         earlier = {n: v for n, v in values.items() if n != previous}
         while True:
             op = rng.choice("++--*")
-            operand = _operand(rng, op, value, earlier, max_operand)
+            operand = _operand(rng, op, value, earlier, max_operand, max_value, back_ref)
             if operand is not None:
                 break
         text, k = operand

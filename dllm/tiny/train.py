@@ -76,8 +76,8 @@ PRESETS: dict[str, dict] = {
     # diffusion step); ~43 % of the steps are the left-to-right warm start
     "cot": {"tasks": "cot_arith,cot_filter,cot_copy,cot_json", "gen_length": 128, "block_length": 32,
             "d_model": 160, "n_heads": 5, "n_layers": 6, "mlp_hidden": 432, "max_prompt": 128,
-            "batch_size": 32, "steps": 6500, "warm_start": 2800, "warm_start_trim": True, "warmup": 200,
-            "lr": 2e-3, "curriculum": 1800, "curriculum_tasks": "cot_copy"},
+            "batch_size": 32, "steps": 5600, "warm_start": 2400, "warm_start_trim": True, "warmup": 200,
+            "lr": 2e-3, "curriculum": 1500, "curriculum_tasks": "cot_copy"},
 }
 
 
