@@ -193,6 +193,27 @@ def test_train_step_reduces_loss_on_a_fixed_batch():
     assert losses[-1] < losses[0]
 
 
+def test_block_masks_look_like_semi_autoregressive_decoding():
+    recipe = train.Recipe(**SMALL)
+    tok, ids, _ = small_network(recipe)
+    batch = train.collate(train.step_examples(recipe, 0), tok, ids, recipe.gen_length)
+    generator = torch.Generator().manual_seed(1)
+    _, masked, weight = train.noise(batch, ids["mask"], generator, 1e-3, ratio=0.5)
+    noisy, blocked, new_weight = train.block_masks(batch, masked, weight, generator, 8, 1.0, ids["mask"])
+    seen_blocks = set()
+    for row in range(batch.ids.shape[0]):
+        region = blocked[row][batch.response[row]].view(-1, 8)  # [blocks, 8]
+        partly = [k for k in range(region.shape[0]) if not (region[k].all() or not region[k].any())]
+        current = partly[0] if partly else int(region.any(1).float().argmax())
+        assert not region[:current].any() and region[current + 1:].all()  # clean before, masked after
+        seen_blocks.add(current)
+        assert new_weight[row] == pytest.approx(1 / max(1, int(region.sum())))
+    assert len(seen_blocks) > 1
+    assert (noisy[blocked] == ids["mask"]).all() and (noisy[~blocked] == batch.ids[~blocked]).all()
+    _, kept, kept_weight = train.block_masks(batch, masked, weight, generator, 8, 0.0, ids["mask"])
+    assert torch.equal(kept, masked) and torch.equal(kept_weight, weight)
+
+
 def test_training_resumes_exactly_and_exports_a_loadable_checkpoint(tmp_path):
     recipe = train.Recipe(**SMALL)
     straight = train.run(recipe, tmp_path / "straight", progress=False)

@@ -59,6 +59,7 @@ class Recipe:
     warm_start_trim: bool = False  # warm start on answer + first EOS only (not the EOS tail): ~2x cheaper
     curriculum: int = 0  # length curriculum over this many steps (0 = off; see ``curriculum_progress``)
     curriculum_tasks: str = ""  # tasks of the curriculum's first third ("" = all; see ``step_examples``)
+    block_noise: float = 0.0  # share of diffusion rows masked like semi-autoregressive decoding (``block_masks``)
     eval_every: int = 500
     save_every: int = 250
 
@@ -272,6 +273,34 @@ def noise(batch: Batch, mask_id: int, generator: torch.Generator, min_ratio: flo
     return noisy, masked, 1.0 / (t * batch.response.sum(1))
 
 
+def block_masks(batch: Batch, masked: torch.Tensor, weight: torch.Tensor, generator: torch.Generator,
+                block_length: int, share: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-mask a ``share`` of the rows the way semi-autoregressive decoding sees the canvas.
+
+    Why: decoding block k sees blocks < k finished and every block > k fully masked, a layout that uniform
+    masking of the whole response practically never draws (it would need ~96 masked and ~0 visible positions
+    right of a partly visible block). A chosen row keeps its random mask inside one block drawn uniformly,
+    its earlier blocks become clean and its later blocks masked; its tokens are weighted by 1 / (masked count),
+    so the row's loss stays the mean cross-entropy like a uniformly masked row's."""
+    b, length = batch.ids.shape
+    chosen = torch.rand(b, generator=generator) < share
+    if not bool(chosen.any()):
+        return torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids), masked, weight
+    start = batch.response.float().argmax(1)
+    rank = torch.arange(length)[None, :] - start[:, None]  # position inside the response (valid where response)
+    gen = batch.response.sum(1)
+    blocks = (gen + block_length - 1) // block_length
+    current = (torch.rand(b, generator=generator) * blocks).long()
+    block_of = torch.div(rank, block_length, rounding_mode="floor")
+    layout = torch.where(block_of < current[:, None], torch.zeros_like(masked),
+                         torch.where(block_of > current[:, None], torch.ones_like(masked), masked))
+    layout &= batch.response
+    masked = torch.where(chosen[:, None], layout, masked)
+    count = masked.sum(1).clamp(min=1).float()
+    weight = torch.where(chosen, 1.0 / count, weight)
+    return torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids), masked, weight
+
+
 def forward(net, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     b, length = ids.shape
     positions = torch.arange(length).expand(b, length)
@@ -368,6 +397,9 @@ def train_step(net, optimizer, recipe: Recipe, step: int, tokenizer, ids: dict[s
         else:
             batch = collate(group, tokenizer, ids, recipe.gen_length)
             noisy, masked, weight = noise(batch, ids["mask"], generator, recipe.min_mask_ratio)
+            if recipe.block_noise > 0:
+                noisy, masked, weight = block_masks(batch, masked, weight, generator, recipe.block_length,
+                                                    recipe.block_noise, ids["mask"])
             loss, metrics = diffusion_loss(net, batch, noisy, masked, weight)
         (loss * len(group) / len(examples)).backward()
         for key in totals:
