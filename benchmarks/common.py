@@ -69,3 +69,15 @@ def paired_medians(first, second, reps: int, warmup: int = 1) -> tuple[float, fl
     """Median seconds of :func:`timed_pair`."""
     a, b = timed_pair(first, second, warmup, reps)
     return statistics.median(a), statistics.median(b)
+
+
+def training_probe(overrides: dict, tokenizer_tasks: tuple[str, ...]):
+    """(recipe, tokenizer, special ids, network, optimizer) of a training probe: the ``cot`` preset's network
+    with ``overrides`` (tasks, steps, warm start...) and a tokenizer trained on ``tokenizer_tasks``."""
+    from dllm.tiny import train
+
+    recipe = train.Recipe(**{**train.PRESETS["cot"], **overrides})
+    tokenizer = train.train_tokenizer(task_names=tuple(tokenizer_tasks))
+    ids = train.special_ids(tokenizer)
+    net = train.build_network(train.llada_config(recipe, tokenizer.get_vocab_size(), ids), recipe.seed)
+    return recipe, tokenizer, ids, net, train.make_optimizer(net, recipe)

@@ -23,6 +23,8 @@ import torch
 from dllm.tiny import cot_tasks, train
 from dllm.tiny.tasks import Example
 
+from common import training_probe
+
 KEYS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -41,16 +43,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-len", type=int, default=5, help="shortest span (items)")
-    parser.add_argument("--max-len", type=int, default=24, help="longest span (items); the preset's range is 5-24")
+    parser.add_argument("--max-len", type=int, default=24, help="longest span (items); the preset's range is 5-32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cot_tasks.GENERATORS["cot_copy"] = copy_task(args.mode == "keyed", args.min_len, args.max_len)  # this process only
-    recipe = train.Recipe(**{**train.PRESETS["cot"], "tasks": "cot_copy", "steps": args.steps,
-                             "warm_start": args.steps, "warmup": 50})
-    tokenizer = train.train_tokenizer(task_names=("cot_copy",))
-    ids = train.special_ids(tokenizer)
-    net = train.build_network(train.llada_config(recipe, tokenizer.get_vocab_size(), ids), recipe.seed)
-    optimizer = train.make_optimizer(net, recipe)
+    recipe, tokenizer, ids, net, optimizer = training_probe(
+        {"tasks": "cot_copy", "steps": args.steps, "warm_start": args.steps, "warmup": 50, "curriculum": 0,
+         "curriculum_tasks": ""}, ("cot_copy",))
     window = []
     for step in range(recipe.steps):
         window.append(train.train_step(net, optimizer, recipe, step, tokenizer, ids)["acc"])
