@@ -226,7 +226,9 @@ TEST_DIFFICULTY = {task: dict(ranges) for task, ranges in DIFFICULTY.items()}
 # the keyword pair that spans each generator's size range (chain steps, list items, JSON fields)
 SIZE_RANGE = {"cot_arith": ("min_steps", "max_steps"), "cot_filter": ("min_len", "max_len"),
               "cot_copy": ("min_len", "max_len"), "cot_json": ("min_fields", "max_fields")}
-CURRICULUM_START = 0.1  # share of each size range a length curriculum starts with (copy: 5-9 of 5-40 items)
+CURRICULUM_START = 0.1  # share of each size range a length curriculum starts with (copy: 5-8 of 5-32 items)
+# generator options of the curriculum's first stage: plain copies first, reversing and adding build on that lookup
+CURRICULUM_FIRST_STAGE = {"cot_copy": {"copy_only": True}}
 
 
 def curriculum_ranges(task: str, progress: float) -> dict:
@@ -235,15 +237,15 @@ def curriculum_ranges(task: str, progress: float) -> dict:
     Why: the probe in ``benchmarks/probe_copy_learning.py`` learns to copy 5-8 numbers abruptly (token accuracy
     0.45 -> 0.99 within 100 steps) but plateaus at 0.4 on 5-24 from the start; short spans first let the model
     find the copying circuit, which then carries over to long spans. ``progress`` 0 gives the start share
-    (``CURRICULUM_START``) of the range (and plain copies only), 1 the full range.
+    (``CURRICULUM_START``) of the range (and the ``CURRICULUM_FIRST_STAGE`` options), 1 the full range.
     """
     ranges = dict(DIFFICULTY[task])
     low_key, high_key = SIZE_RANGE[task]
     low, high = ranges[low_key], ranges[high_key]
     share = CURRICULUM_START + (1 - CURRICULUM_START) * min(1.0, max(0.0, progress))
     ranges[high_key] = low + round(share * (high - low))
-    if task == "cot_copy" and progress <= 0:
-        ranges["copy_only"] = True  # plain copies first: reversing and adding build on the same lookup
+    if progress <= 0:
+        ranges.update(CURRICULUM_FIRST_STAGE.get(task, {}))
     return ranges
 
 

@@ -65,7 +65,20 @@ class Recipe:
 
     @property
     def task_list(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.tasks.split(",") if t.strip())
+        return _names(self.tasks)
+
+    @property
+    def curriculum_task_list(self) -> tuple[str, ...]:
+        return _names(self.curriculum_tasks)
+
+    @property
+    def curriculum_hold(self) -> float:
+        """Steps at the curriculum's start ranges (and on ``curriculum_tasks`` only): its first third."""
+        return self.curriculum / 3
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 # Named starting points for ``--preset``; explicit flags override single fields.
@@ -73,8 +86,8 @@ PRESETS: dict[str, dict] = {
     # the shipped ``tiny`` model (the Recipe defaults)
     "tiny": {},
     # the shipped ``tiny-cot`` model: longer dependent answers on a 128-token canvas (see cot_tasks.py).
-    # 2.2 M parameters; sized to about 1.6 h on the 2 idle CPU cores (0.73 s per warm-start step, 0.94 s per
-    # diffusion step); ~43 % of the steps are the left-to-right warm start
+    # 2.15 M parameters; 64 min on the 2 idle CPU cores (run 4, README.md); ~43 % of the steps are the
+    # left-to-right warm start, whose first 1,500 steps are the length curriculum
     "cot": {"tasks": "cot_arith,cot_filter,cot_copy,cot_json", "gen_length": 128, "block_length": 32,
             "d_model": 160, "n_heads": 5, "n_layers": 6, "mlp_hidden": 432, "max_prompt": 128,
             "batch_size": 32, "steps": 5600, "warm_start": 2400, "warm_start_trim": True, "warmup": 200,
@@ -229,7 +242,7 @@ def curriculum_progress(recipe: Recipe, step: int) -> float:
     them linearly to the full range; 1.0 without a curriculum."""
     if recipe.curriculum <= 0:
         return 1.0
-    hold = recipe.curriculum / 3
+    hold = recipe.curriculum_hold
     return min(1.0, max(0.0, (step - hold) / (recipe.curriculum - hold)))
 
 
@@ -239,9 +252,8 @@ def step_tasks(recipe: Recipe, step: int) -> tuple[str, ...]:
     Why: mixed evenly over four tasks, the short copy spans alone did not teach copying from the prompt in 750
     steps (plain number copy stayed at the EOS-only token accuracy, 0.30), while the copy-only probe learns it
     in 250; the other tasks need the same circuit (values copied into the worked lines and JSON)."""
-    hold = recipe.curriculum / 3
-    if recipe.curriculum_tasks and step < hold:
-        return tuple(t.strip() for t in recipe.curriculum_tasks.split(",") if t.strip())
+    if recipe.curriculum_task_list and step < recipe.curriculum_hold:
+        return recipe.curriculum_task_list
     return recipe.task_list
 
 
@@ -284,8 +296,6 @@ def block_masks(batch: Batch, masked: torch.Tensor, weight: torch.Tensor, genera
     so the row's loss stays the mean cross-entropy like a uniformly masked row's."""
     b, length = batch.ids.shape
     chosen = torch.rand(b, generator=generator) < share
-    if not bool(chosen.any()):
-        return torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids), masked, weight
     start = batch.response.float().argmax(1)
     rank = torch.arange(length)[None, :] - start[:, None]  # position inside the response (valid where response)
     gen = batch.response.sum(1)
@@ -474,7 +484,7 @@ def run(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, 
     from tqdm import tqdm
 
     check_output(out, resume)
-    unknown = set(step_tasks(recipe, 0)) - set(recipe.task_list)
+    unknown = set(recipe.curriculum_task_list) - set(recipe.task_list)
     if unknown:
         raise ValueError(f"--curriculum-tasks {','.join(sorted(unknown))} not in --tasks: name a subset of "
                          f"{recipe.tasks}")
