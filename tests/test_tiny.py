@@ -217,8 +217,16 @@ def test_block_masks_look_like_semi_autoregressive_decoding():
 def test_training_resumes_exactly_and_exports_a_loadable_checkpoint(tmp_path):
     recipe = train.Recipe(**SMALL)
     straight = train.run(recipe, tmp_path / "straight", progress=False)
-    train.run(recipe, tmp_path / "resumed", progress=False, stop_at=3)
+    paused = train.run(recipe, tmp_path / "resumed", progress=False, stop_at=3)
     assert (tmp_path / "resumed" / train.STATE_FILE).exists()
+    # a paused (or running) run's state exports to the same checkpoint the run wrote at that step
+    exported = train.export_state(paused / train.STATE_FILE, tmp_path / "exported")
+    probe = torch.tensor([[3, 4, 5, 6]])
+    assert torch.equal(dllm.load(exported, device="cpu").logits(probe), dllm.load(paused, device="cpu").logits(probe))
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        train.export_state(paused / train.STATE_FILE, exported)
+    with pytest.raises(FileNotFoundError, match="no state file"):
+        train.export_state(tmp_path / "missing.pt", tmp_path / "elsewhere")
     train.main(["--out", str(tmp_path / "resumed"), "--resume", "--no-progress", "--threads",
                 str(torch.get_num_threads())] + [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()])
     assert not (tmp_path / "resumed" / train.STATE_FILE).exists()
