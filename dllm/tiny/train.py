@@ -86,8 +86,9 @@ PRESETS: dict[str, dict] = {
     # the shipped ``tiny`` model (the Recipe defaults)
     "tiny": {},
     # the shipped ``tiny-cot`` model: longer dependent answers on a 128-token canvas (see cot_tasks.py).
-    # 2.15 M parameters; 64 min on the 2 idle CPU cores (run 4, README.md); ~43 % of the steps are the
-    # left-to-right warm start, whose first 1,500 steps are the length curriculum
+    # 2.15 M parameters; ~100 min on the 2 idle CPU cores (run 5, README.md); 5,000 of the 8,200 steps are the
+    # left-to-right warm start (~40,000 arithmetic chains: the facts need ~35,000), whose first 1,500 steps are the
+    # length curriculum
     "cot": {"tasks": "cot_arith,cot_filter,cot_copy,cot_json", "gen_length": 128, "block_length": 32,
             "d_model": 160, "n_heads": 5, "n_layers": 6, "mlp_hidden": 432, "max_prompt": 128,
             "batch_size": 32, "steps": 8200, "warm_start": 5000, "warm_start_trim": True, "warmup": 200,
