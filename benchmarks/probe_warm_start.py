@@ -25,12 +25,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    state = torch.load(args.state, weights_only=True)
-    recipe = train.Recipe(**state["recipe"])
-    tok = train.train_tokenizer(task_names=train.tokenizer_tasks(recipe))
-    ids = train.special_ids(tok)
-    net = train.build_network(train.llada_config(recipe, tok.get_vocab_size(), ids), recipe.seed)
-    net.load_state_dict(state["model"])
+    state, recipe, tok, ids, _, net = train.load_state(args.state)
     net.eval()
     seen = {}
 
@@ -41,12 +36,13 @@ def main() -> None:
     print(f"step {state['step']} of {recipe.steps} (warm start {recipe.warm_start})")
     for task in recipe.task_list:
         held = tasks.load_test_set(task)[:args.limit]
-        length = 1 + max(len(tok.encode(e.target).ids) for e in held)  # answer + first EOS
+        answer_lengths = torch.tensor([len(tok.encode(e.target).ids) for e in held])
+        length = 1 + int(answer_lengths.max())  # answer + first EOS
         batch = train.collate(held, tok, ids, length)
         with torch.no_grad():
             _, metrics = train.left_to_right_loss(capture, batch, ids["mask"])
         targets = batch.ids[batch.response].view(len(held), length)
-        answer = torch.tensor([[j <= len(tok.encode(e.target).ids) for j in range(length)] for e in held])
+        answer = torch.arange(length)[None, :] <= answer_lengths[:, None]
         right = (seen["logits"][:, batch.ids.shape[1]:].argmax(-1) == targets) | ~answer
         print(f"{task}: token accuracy {metrics['acc']:.3f}, greedy left-to-right exact "
               f"{float(right.all(1).float().mean()):.3f} ({len(held)} problems)", flush=True)

@@ -456,6 +456,24 @@ def tokenizer_tasks(recipe: Recipe) -> tuple[str, ...]:
     return tasks.TASKS if set(names) <= set(tasks.TASKS) else names
 
 
+def build_run(recipe: Recipe):
+    """(tokenizer, special ids, config.json dict, freshly initialised network) of ``recipe``."""
+    tokenizer = train_tokenizer(task_names=tokenizer_tasks(recipe))
+    ids = special_ids(tokenizer)
+    config = llada_config(recipe, tokenizer.get_vocab_size(), ids)
+    return tokenizer, ids, config, build_network(config, recipe.seed)
+
+
+def load_state(state_path: Path):
+    """(state dict, recipe, tokenizer, special ids, config, network with the state's weights) of a run's
+    ``train_state.pt``: what probes and ``export_state`` read from a running run."""
+    state = torch.load(state_path, weights_only=True)
+    recipe = Recipe(**state["recipe"])
+    tokenizer, ids, config, net = build_run(recipe)
+    net.load_state_dict(state["model"])
+    return state, recipe, tokenizer, ids, config, net
+
+
 def check_output(out: Path, resume: bool) -> None:
     """Refuse to mix two runs in one directory (one line naming the fix)."""
     state = out / STATE_FILE
@@ -464,7 +482,12 @@ def check_output(out: Path, resume: bool) -> None:
     if not resume and state.exists():
         raise FileExistsError(f"{out} holds an unfinished run ({STATE_FILE}): pass --resume to continue it, "
                               "or choose another --out")
-    if not resume and (out / "config.json").exists():
+    if not resume:
+        refuse_checkpoint(out)
+
+
+def refuse_checkpoint(out: Path) -> None:
+    if (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a checkpoint: remove it or choose another --out")
 
 
@@ -491,10 +514,7 @@ def run(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, 
                          f"{recipe.tasks}")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
-    tokenizer = train_tokenizer(task_names=tokenizer_tasks(recipe))
-    ids = special_ids(tokenizer)
-    config = llada_config(recipe, tokenizer.get_vocab_size(), ids)
-    net = build_network(config, recipe.seed)
+    tokenizer, ids, config, net = build_run(recipe)
     optimizer = make_optimizer(net, recipe)
     start, elapsed = 0, 0.0
     if resume:
@@ -536,14 +556,8 @@ def export_state(state_path: Path, out: Path) -> Path:
     running or paused run can be decoded and scored without touching it. Refuses an ``out`` holding a model."""
     if not state_path.is_file():
         raise FileNotFoundError(f"--export-state: no state file {state_path} (point it at a run's {STATE_FILE})")
-    if (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a checkpoint: remove it or choose another --out")
-    state = torch.load(state_path, weights_only=True)
-    recipe = Recipe(**state["recipe"])
-    tokenizer = train_tokenizer(task_names=tokenizer_tasks(recipe))
-    config = llada_config(recipe, tokenizer.get_vocab_size(), special_ids(tokenizer))
-    net = build_network(config, recipe.seed)
-    net.load_state_dict(state["model"])
+    refuse_checkpoint(out)
+    state, recipe, tokenizer, _, config, net = load_state(state_path)
     out.mkdir(parents=True, exist_ok=True)
     export_checkpoint(net, config, tokenizer, out, recipe)
     print(f"wrote {out} (step {state['step']} of {recipe.steps})")
