@@ -5,13 +5,16 @@ always commits at least one), three variants on ``dllm.load("tiny")``, task ``js
 
 * ``free``      unconstrained;
 * ``json``      ``grammar="json"`` (the oracle filter);
+* ``schema``    ``grammar=`` the example's own schema (below) without a scaffold: the oracle enforces the
+                schema's keys, order and value types while the model writes every token;
 * ``scaffold``  ``schema=`` the example's own schema (its keys, string/integer values, all required — what
                 a JSON-mode request carries), laid out as a scaffold; tiny's tokenizer writes a one-token
                 value plus its separator in 3 cells (`` "``, ``box``, ``",``), so ``slot_length`` string 3,
                 integer 2. Rows are batched per schema.
 
 Columns: parse = ``json.loads`` of the text succeeds and gives an object (stuck rows count as failures; the
-``+witness`` column counts a stuck row's witness completion instead), exact = the reference object,
+``+witness`` column counts a stuck row's witness completion instead), valid = it also validates against the
+example's schema (``jsonschema``; the free and json variants are held to the same schema), exact = the reference object,
 NFE (per row), TPF = generated tokens / row NFE (scaffold text is not generated), tokens/s = generated
 tokens / wall seconds, wall = seconds for the whole run, ratio = wall / the free run's wall at the same
 threshold, stuck rows.
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+import jsonschema
 
 import dllm
 from dllm.tiny.tasks import load_test_set
@@ -38,9 +43,9 @@ def schema_of(value) -> dict:
     return {"type": "integer" if isinstance(value, int) else "string"}
 
 
-def run(model, examples, threshold: float, variant: str, batch: int) -> dict:
+def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict) -> dict:
     groups: list[list[int]] = []
-    if variant == "scaffold":
+    if variant in ("schema", "scaffold"):  # one schema per batch
         by_keys: dict[tuple, list[int]] = {}
         for i, e in enumerate(examples):
             by_keys.setdefault(tuple(json.loads(e.target)), []).append(i)
@@ -56,9 +61,11 @@ def run(model, examples, threshold: float, variant: str, batch: int) -> dict:
         options = {}
         if variant == "json":
             options["grammar"] = "json"
+        elif variant == "schema":
+            options["grammar"] = schema_of(json.loads(examples[idx[0]].target))
         elif variant == "scaffold":
             options.update(schema=schema_of(json.loads(examples[idx[0]].target)),
-                           slot_length={"string": 3, "integer": 2})
+                           slot_length=slot_length)
         started = time.perf_counter()
         out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, **options)
         seconds += time.perf_counter() - started
@@ -68,7 +75,7 @@ def run(model, examples, threshold: float, variant: str, batch: int) -> dict:
             texts[i], status[i] = out.texts[k], out.status[k]
             if k in out.stats.witnesses:
                 witnesses[i] = out.stats.witnesses[k]
-    parse = exact = parse_w = 0
+    parse = exact = parse_w = valid = 0
     for i, e in enumerate(examples):
         for text, counter in ((texts[i], "plain"), (witnesses.get(i, texts[i]), "witness")):
             ok = status[i] != "stuck" or counter == "witness"
@@ -79,11 +86,12 @@ def run(model, examples, threshold: float, variant: str, batch: int) -> dict:
                 ok, value = False, None
             if counter == "plain":
                 parse += ok
+                valid += ok and jsonschema.Draft202012Validator(schema_of(json.loads(e.target))).is_valid(value)
                 exact += ok and value == json.loads(e.target)
             else:
                 parse_w += ok
     n = len(examples)
-    return {"parse": parse / n, "parse_w": parse_w / n, "exact": exact / n, "nfe": nfe / n,
+    return {"parse": parse / n, "parse_w": parse_w / n, "valid": valid / n, "exact": exact / n, "nfe": nfe / n,
             "tpf": tokens / nfe if nfe else 0.0, "tps": tokens / seconds, "wall": seconds,
             "stuck": sum(s == "stuck" for s in status)}
 
@@ -95,19 +103,23 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.5, 0.0])
     parser.add_argument("--model", default="tiny", help="tiny, or tiny-cot with --task cot_json")
     parser.add_argument("--task", default="json")
+    parser.add_argument("--slot-length", default="string=3,integer=2",
+                        help="scaffold slot cells per value type (tiny's tokenizer writes a one-token string value "
+                             "and its separator in 3 cells)")
     args = parser.parse_args()
+    slot_length = {k: int(v) for k, v in (item.split("=") for item in args.slot_length.split(","))}
     model = dllm.load(args.model)
     examples = load_test_set(args.task)[:args.limit]
     dllm.generate(model, [examples[0].prompt], grammar="json")  # compile / load the numba kernels once
     print(f"{args.model}, task {args.task}, {len(examples)} examples, batch {args.batch}, sampler threshold")
-    print(f"{'threshold':>9} {'variant':>9} {'parse':>6} {'+witness':>8} {'exact':>6} {'NFE':>6} {'TPF':>6} "
+    print(f"{'threshold':>9} {'variant':>9} {'parse':>6} {'+witness':>8} {'valid':>6} {'exact':>6} {'NFE':>6} {'TPF':>6} "
           f"{'tok/s':>7} {'wall s':>7} {'ratio':>6} {'stuck':>5}")
     for threshold in args.thresholds:
         base = None
-        for variant in ("free", "json", "scaffold"):
-            r = run(model, examples, threshold, variant, args.batch)
+        for variant in ("free", "json", "schema", "scaffold"):
+            r = run(model, examples, threshold, variant, args.batch, slot_length)
             base = base or r["wall"]
-            print(f"{threshold:>9} {variant:>9} {r['parse']:>6.1%} {r['parse_w']:>8.1%} {r['exact']:>6.1%} "
+            print(f"{threshold:>9} {variant:>9} {r['parse']:>6.1%} {r['parse_w']:>8.1%} {r['valid']:>6.1%} {r['exact']:>6.1%} "
                   f"{r['nfe']:>6.2f} {r['tpf']:>6.2f} {r['tps']:>7.0f} {r['wall']:>7.2f} {r['wall'] / base:>6.2f} "
                   f"{r['stuck']:>5}")
 

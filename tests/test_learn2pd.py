@@ -193,7 +193,8 @@ def test_train_filter_command_errors_write_nothing(tmp_path, capsys):
     cases = [(["--model", "tiny", "--prompts", str(empty)], "no training prompts"),
              (["--model", "tiny", "--tasks", "gsm8k"], "no training split"),
              (["--model", "tiny"], "no training prompts"),
-             (["--model", "tiny", "--tasks", "sort", "--limit", "0"], "--limit")]
+             (["--model", "tiny", "--tasks", "sort", "--limit", "0"], "--limit"),
+             (["--model", "tiny", "--tasks", "sort", "--cache", "duall"], "unknown cache 'duall'")]
     for argv, fragment in cases:
         out = tmp_path / "out"
         assert train_filter_main(argv + ["--out", str(out), "--quiet"]) == 2
@@ -213,9 +214,10 @@ def test_train_filter_command_from_a_prompts_file(tmp_path):
     prompts.write_text("Sort: 3 1 2\nSort: 9 4 7 1\nSolve: a=4, b=a*2. What is b?\n")
     out = tmp_path / "out"
     assert train_filter_main(["--model", "tiny", "--prompts", str(prompts), "--out", str(out), "--quiet",
-                              "--max-iterations", "100", "--threads", "1"]) == 0
+                              "--max-iterations", "100", "--threads", "1", "--cache", "dual"]) == 0
     meta = json.loads((out / "filter.json").read_text())
     assert meta["training"]["prompts"] == 3 and meta["training"]["prompts_file"] == "p.txt"
+    assert "(cache dual)" in meta["training"]["traces"]
     assert sorted(p.name for p in out.iterdir()) == ["filter.json", "filter.safetensors"]
 
 

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-length", type=int, default=None, help="decode block length the filter is for "
                         "(default: the model's)")
     parser.add_argument("--gen-length", type=int, default=None, help="canvas of the trace decodes (default: the model's)")
+    parser.add_argument("--cache", default="none",
+                        help="cache of the trace decodes (default none, as the reference; dual is several times "
+                             "faster on long canvases)")
     parser.add_argument("--confidence", default="prob", help="confidence kind the filter reads (default prob)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the trace decodes (default 2)")
@@ -95,7 +98,7 @@ def run(args) -> dict:
                            patience=args.patience, val_fraction=args.val_fraction, seed=args.seed)
     return train_filter(model, prompts, args.out, gen_length=args.gen_length, block_length=args.block_length,
                         confidence=args.confidence, settings=settings, batch_size=args.batch_size, chat=args.chat,
-                        source=source, progress=not args.quiet)
+                        cache=args.cache, source=source, progress=not args.quiet)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ from .traces import collect_traces
 
 def train_filter(model, prompts: list, out, *, gen_length: int | None = None, block_length: int | None = None,
                  confidence: str = "prob", settings: FitSettings | None = None, batch_size: int = 64,
-                 chat: bool = False, source: dict | None = None, progress: bool = True, log=print) -> dict:
+                 chat: bool = False, cache: str = "none", source: dict | None = None, progress: bool = True,
+                 log=print) -> dict:
     """Train a Learn2PD filter for ``model`` on ``prompts`` and write it into ``out``; return its metadata.
 
     ``source`` describes where the prompts came from (recorded in the metadata: tasks, limit, file digest).
     """
+    from .. import caches
     from ..canvas_defaults import default_block_length, default_gen_length
     from ..engine.proposals import CONFIDENCES
 
@@ -35,6 +37,8 @@ def train_filter(model, prompts: list, out, *, gen_length: int | None = None, bl
     if not prompts:
         raise ValueError("no training prompts: pass --tasks with a training split (embedded tasks) and --limit > 0, "
                          "or --prompts FILE with at least one prompt")
+    if cache not in caches.available():
+        raise ValueError(f"unknown cache '{cache}' for the trace decodes: use one of {', '.join(caches.available())}")
     if confidence not in CONFIDENCES:
         raise ValueError(f"unknown confidence '{confidence}': use one of {', '.join(CONFIDENCES)}")
     gen_length = gen_length or default_gen_length(model)
@@ -49,7 +53,7 @@ def train_filter(model, prompts: list, out, *, gen_length: int | None = None, bl
 
     bar = tqdm(total=len(prompts), desc="decode traces", unit="prompt", disable=not progress, leave=False)
     traces = collect_traces(model, prompts, gen_length=gen_length, block_length=block_length, confidence=confidence,
-                            batch_size=batch_size, chat=chat, progress=bar.update)
+                            batch_size=batch_size, chat=chat, cache=cache, progress=bar.update)
     bar.close()
     decoded = time.perf_counter() - began
     result = fit(traces, settings, progress=progress)
@@ -65,7 +69,7 @@ def train_filter(model, prompts: list, out, *, gen_length: int | None = None, bl
             "eval_every": settings.eval_every, "patience": settings.patience, "val_fraction": settings.val_fraction,
             "split": "by prompt", "iterations": result.iterations, "best_iteration": result.best_iteration,
             "records": result.records, "split_prompts": result.prompts, "chat": chat,
-            "traces": "static one-token-per-step decode (cache none) -> EGP oracle decode towards it",
+            "traces": f"static one-token-per-step decode (cache {cache}) -> EGP oracle decode towards it",
             "torch": torch.__version__.split("+")[0],
         },
         "validation": {"loss": result.val_loss, "train_loss": result.train_loss, "alpha": result.metrics,

@@ -2,8 +2,10 @@
 
 For each batch of prompts: the static one-token-per-step decode gives the reference outputs; an EGP decode
 towards them (:class:`~dllm.learn2pd.labels.EgpLabeler`) gives one record per row per step — the block's
-raw confidences (from the trajectory) and the oracle labels. Both decodes run without a cache, in fp32 on
-the CPU by default, as the reference does.
+raw confidences (from the trajectory) and the oracle labels. Both decodes run without a cache by default, in
+fp32 on the CPU, as the reference does; ``cache="dual"`` decodes the traces through Fast-dLLM's dual cache
+instead (several times faster on long canvases; the confidences are then the cached ones the sampler sees
+when it runs with that cache).
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ class Traces:
 
 
 def collect_traces(model, prompts: list, *, gen_length: int, block_length: int, confidence: str = "prob",
-                   batch_size: int = 64, chat: bool = False, progress=None) -> Traces:
+                   batch_size: int = 64, chat: bool = False, cache: str = "none", progress=None) -> Traces:
     """Records for ``prompts`` (strings or token-id lists); ``progress(n)`` is called after each batch."""
     import dllm
 
-    options = dict(gen_length=gen_length, block_length=block_length, cache="none", confidence=confidence, chat=chat)
+    options = dict(gen_length=gen_length, block_length=block_length, cache=cache, confidence=confidence, chat=chat)
     parts: dict[str, list] = {k: [] for k in ("features", "labels", "valid", "masked", "prompt")}
     references, outputs, static_nfe, egp_nfe = [], [], [], []
     for first in range(0, len(prompts), batch_size):
