@@ -124,12 +124,34 @@ def test_cot_preset_is_within_the_parameter_budget():
     assert re.fullmatch(r"cot_\w+(,cot_\w+){3}", recipe.tasks)
 
 
-def test_tiny_cot_is_refused_with_a_one_line_error_until_it_ships():
-    """The second embedded model is not shipped yet (its first run was under-trained, see dllm/tiny/README.md):
-    asking for it says so and names the recipe, instead of failing on a missing directory."""
+@pytest.fixture(scope="module")
+def tiny_cot():
     import dllm
 
-    with pytest.raises(dllm.CheckpointError) as info:
-        dllm.load("tiny-cot")
-    message = str(info.value)
-    assert "\n" not in message and "python -m dllm.tiny.train --preset cot" in message
+    return dllm.load("tiny-cot", device="cpu")
+
+
+def test_tiny_cot_ships_in_llada_format_within_budget(tiny_cot):
+    from dllm.models.loader import EMBEDDED_MODELS
+
+    directory = EMBEDDED_MODELS["tiny-cot"]
+    config = json.loads((directory / "config.json").read_text())
+    assert config["model_type"] == "llada" and "auto_map" not in config
+    generation = json.loads((directory / "generation_config.json").read_text())
+    assert (generation["gen_length"], generation["block_length"]) == (128, 32)
+    assert (directory / "model.safetensors").stat().st_size <= 16 * 2**20
+    assert tiny_cot.family == "llada" and tiny_cot.canvas_defaults["gen_length"] == 128
+    assert tiny_cot.tokenizer.get_vocab() == train.train_tokenizer(task_names=cot_tasks.COT_TASKS).get_vocab()
+
+
+def test_tiny_cot_decodes_the_first_problems_to_the_documented_answers(tiny_cot):
+    """One token per step on each task's first test problems reproduces ``data/cot_first_decodes.jsonl`` (written
+    by ``python -m dllm.tiny.score --model tiny-cot --write-first-decodes`` when the weights shipped): a changed
+    model, loader or engine shows up as a changed line."""
+    from dllm.tiny.score import FIRST_DECODES, first_decodes
+
+    documented = [json.loads(line) for line in FIRST_DECODES.read_text().splitlines()]
+    assert {row["task"] for row in documented} == set(cot_tasks.COT_TASKS)
+    decoded = first_decodes(tiny_cot, per_task=len(documented) // len(cot_tasks.COT_TASKS))
+    assert [(r["prompt"], r["decode"]) for r in decoded] == [(r["prompt"], r["decode"]) for r in documented]
+    assert [r["exact"] for r in decoded] == [r["exact"] for r in documented]

@@ -22,11 +22,6 @@ from .network import Network
 
 EMBEDDED_MODELS = {"tiny": Path(__file__).resolve().parent.parent / "tiny" / "checkpoint",
                    "tiny-cot": Path(__file__).resolve().parent.parent / "tiny" / "checkpoint_cot"}
-# embedded models whose recipe exists but whose weights do not ship yet (what to do instead)
-UNSHIPPED_MODELS = {
-    "tiny-cot": "the embedded model 'tiny-cot' is not shipped yet (its training runs so far were too weak, see "
-                "dllm/tiny/README.md): train it with `python -m dllm.tiny.train --preset cot --out DIR` and load DIR",
-}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
@@ -87,8 +82,6 @@ def resolve_checkpoint(path_or_id: str | os.PathLike) -> Path:
     if text in EMBEDDED_MODELS:
         directory = EMBEDDED_MODELS[text]
         if not (directory / "config.json").exists():
-            if text in UNSHIPPED_MODELS:
-                raise CheckpointError(UNSHIPPED_MODELS[text])
             raise CheckpointError(f"the embedded model '{text}' is missing from this install ({directory}): reinstall dllm")
         return directory
     path = Path(text).expanduser()
