@@ -134,9 +134,9 @@ def _generate_arguments(parser):
     parser.add_argument("--chat", action="store_true", help="wrap prompts in the checkpoint's chat template")
     parser.add_argument("--modifiers", default=None, help="ranking modifiers, comma- or '+'-separated, e.g. eoser "
                         "(their options with -o, e.g. -o gamma_min=0.01)")
-    parser.add_argument("--eotp", default=None, choices=("committed", "predicted"), metavar="MODE",
+    parser.add_argument("--eotp", default=None, choices=("committed", "predicted", "fill"), metavar="MODE",
                         help="End-of-Text prediction: cut a row's EOS tail once an EOS is committed (committed) "
-                        "or predicted (predicted)")
+                        "or predicted (predicted), or write the rest of the block as EOS without cutting (fill)")
     parser.add_argument("--max-rejections", type=non_negative_int, default=None, metavar="N",
                         help="filter rejections per row before it ends as stuck (default 100)")
     structure = parser.add_mutually_exclusive_group()

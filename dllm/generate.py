@@ -48,8 +48,8 @@ def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Gene
       a system turn and template arguments (e.g. SDAR's ``{"enable_thinking": False}``).
     * ``return_trajectory``: also record every step's commits (``out.trajectory``).
     * ``eotp``: End-of-Text prediction with any sampler (``"committed"``: once a row commits EOS, everything after
-      it is cut; ``"predicted"``: cut at a confidently predicted EOS). ``max_rejections``: filter vetoes a row
-      may collect before it ends as ``"stuck"``.
+      it is cut; ``"predicted"``: cut at a confidently predicted EOS; ``"fill"``: write the rest of the block as EOS,
+      without cutting). ``max_rejections``: filter vetoes a row may collect before it ends as ``"stuck"``.
     * ``grammar``: constrain the output to a grammar — ``"json"``, a ``.lark`` path, Lark text, or a JSON Schema
       dict (no scaffold); every committed token keeps the output completable (filter ``grammar``,
       ``dllm/filters/grammar.py``); rows left with no allowed token end as ``"stuck"`` with a completion in
@@ -113,7 +113,7 @@ class GenerateOptions:
     modifiers: object = ()
     filters: object = ()
     max_rejections: int = 100
-    eotp: object = None  # "committed", "predicted" (True = committed)
+    eotp: object = None  # "committed", "predicted", "fill" (True = committed)
     grammar: object = None
     schema: object = None
     template: object = None

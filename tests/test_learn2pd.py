@@ -290,13 +290,44 @@ def test_eotp_modes_on_one_step():
     d = predicted.adjust(_view(x0, masked, conf), Decision(commit.clone(), torch.tensor([x0])))
     assert d.end.tolist() == [16]  # after the most confident predicted EOS (column 15, confidence 0.8)
     assert d.commit.tolist() == [[True, False, False, False, False, False, False]]
-    one_line_error(ValueError, lambda: dllm.filters.build("eotp", {"mode": "sometimes"}), "committed", "predicted")
+    one_line_error(ValueError, lambda: dllm.filters.build("eotp", {"mode": "sometimes"}), "committed", "predicted", "fill")
     one_line_error(ValueError, lambda: dllm.generate(dllm.load("tiny"), ["Sort: 1\n"], eotp="always"), "mode")
+
+
+def test_eotp_fill_writes_the_rest_of_the_block_as_eos_without_cutting():
+    fill = Eotp(mode="fill")
+    fill.start(None)
+    x0 = [5, 6, 7, 1, 8, 9, 4]
+    commit = torch.tensor([[True, False, False, True, False, False, False]])
+    masked = [True, True, True, True, True, False, True]  # column 15 is not a candidate (already decided)
+    d = fill.adjust(_view(x0, masked, [0.5] * 7), Decision(commit.clone(), torch.tensor([x0])))
+    assert d.end is None  # nothing is cut: the tail stays in attention
+    assert d.commit.tolist() == [[True, False, False, True, True, False, True]]
+    assert d.tokens.tolist() == [[5, 6, 7, 1, 1, 9, 1]]
+    # an EOS that landed in an earlier step (column 11 of the canvas) fills every later candidate of this block
+    view = _view(x0, [False, False, True, True, True, True, True], [0.5] * 7)
+    view.canvas[0, 11] = 1
+    d = fill.adjust(view, Decision(torch.zeros(1, 7, dtype=torch.bool), torch.tensor([x0])))
+    assert d.commit.tolist() == [[False, False, True, True, True, True, True]] and d.tokens[0, 2:].tolist() == [1] * 5
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_eotp_fill_keeps_every_cell_after_the_first_eos_an_eos(tiny, test_prompts, cache):
+    plain = dllm.generate(tiny, test_prompts, sampler="static", cache=cache)
+    out = dllm.generate(tiny, test_prompts, sampler="static", cache=cache, eotp="fill")
+    assert out.texts == plain.texts and out.stats.nfe <= plain.stats.nfe
+    eos, block = tiny.eos_ids[0], 16  # tiny's canvas: 32 cells in blocks of 16
+    for canvas in out.canvases:
+        gen = canvas[-32:]
+        first = gen.index(eos)
+        block_end = (first // block + 1) * block
+        assert all(t == eos for t in gen[first:block_end])  # the rest of the block was written as EOS
+        assert all(t in (eos, tiny.mask_id) for t in gen[block_end:])  # later blocks: EOS, or never decoded
 
 
 def test_learn2pd_with_eotp(tiny, trained, test_prompts):
     plain = dllm.generate(tiny, test_prompts, sampler="learn2pd", filter=str(trained))
-    for mode in ("committed", "predicted"):
+    for mode in ("committed", "predicted", "fill"):
         out = dllm.generate(tiny, test_prompts, sampler="learn2pd", filter=str(trained), eotp=mode)
         assert out.stats.nfe <= plain.stats.nfe
         assert sum(a == b for a, b in zip(out.texts, plain.texts)) >= len(test_prompts) - 1

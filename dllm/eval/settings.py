@@ -44,7 +44,7 @@ class EvalSettings:
     confidence: str = "prob"
     ar_first: bool | None = None
     modifiers: object = ()  # names; in model_args joined by "+" (modifiers=eoser+other), a comma splits model args
-    eotp: object = None  # End-of-Text prediction: None, "committed" or "predicted" (true = committed)
+    eotp: object = None  # End-of-Text prediction: None, "committed", "predicted" or "fill" (true = committed)
     max_rejections: int = 100
     grammar: str | None = None  # "json", a .lark path or Lark text
     schema: str | None = None  # path of a JSON Schema file: its grammar and its scaffold

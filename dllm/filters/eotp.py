@@ -10,6 +10,12 @@ the end on positions become EOS, are never candidates again and leave attention.
   prediction (that position itself stays undecided and is decoded later like any other). The reference
   without a cache looks for predictions over the whole canvas; here, as in its cached variants, only the
   current block's proposals exist, so only they count.
+* ``mode="fill"`` (ours, no truncation): once an EOS has landed, every still-masked position after it in the
+  current block is written as EOS in the same step. The tail stays in attention, so it saves fewer forwards
+  than cutting. Why it exists: a model trained with EOS tails that run to the end of a fixed canvas (LLaDA-style
+  SFT, ``tiny-cot``) sees a cut canvas as out of distribution. On ``tiny-cot`` it then predicts EOS earlier and
+  earlier, and arithmetic fell from 72.5 % to 15 % with ``committed`` (learn2pd, dual cache, 40 problems).
+  ``fill`` kept 72.5 % at 10.5 instead of 11.5 forwards per row (README, "Which sampler wins on tiny-cot").
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from ..engine.view import Decision, StepView, rank_order
 from .base import Filter, register
 
-MODES = ("committed", "predicted")
+MODES = ("committed", "predicted", "fill")
 
 
 @register("eotp")
@@ -31,12 +37,14 @@ class Eotp(Filter):
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"eotp: mode '{self.mode}' is not supported; use 'committed' or 'predicted'")
+            raise ValueError(f"eotp: mode '{self.mode}' is not supported; use 'committed', 'predicted' or 'fill'")
 
     def start(self, engine) -> None:
         self._last = self._base = None
 
     def adjust(self, view: StepView, decision: Decision) -> Decision:
+        if self.mode == "fill":
+            return self._fill(view, decision)
         # a re-selection after another filter's rejection comes back with our previous end: start from the
         # end the decision had before we set it
         base = self._base if self._last is not None and decision.end is self._last else decision.end
@@ -59,4 +67,21 @@ class Eotp(Filter):
         decision.commit = decision.commit & (columns[None, :] < end[:, None])
         decision.end = end
         self._last = end
+        return decision
+
+    @staticmethod
+    def _fill(view: StepView, decision: Decision) -> Decision:
+        """Write EOS at every candidate after the row's first EOS (landed earlier, or committed this step)."""
+        if view.eos_ids is None or view.eos_ids.numel() == 0:
+            return decision
+        far = torch.iinfo(torch.long).max
+        canvas_columns = torch.arange(view.canvas.shape[1], device=view.canvas.device)
+        landed = torch.isin(view.canvas, view.eos_ids) & (canvas_columns[None, :] >= view.gen_start[:, None])
+        first = torch.where(landed, canvas_columns[None, :], far).min(-1).values
+        columns = view.columns()
+        now = decision.commit & torch.isin(decision.tokens, view.eos_ids)
+        first = torch.minimum(first, torch.where(now, columns[None, :], far).min(-1).values)
+        tail = view.masked & (columns[None, :] > first[:, None])
+        decision.commit = decision.commit | tail
+        decision.tokens = torch.where(tail, view.eos_ids[0], decision.tokens)
         return decision
