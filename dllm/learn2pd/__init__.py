@@ -11,7 +11,7 @@
 * :mod:`.cli`       ``dllm train-filter`` (:func:`train_filter_main`)
 
 The sampler is ``dllm.samplers.learn2pd`` (``sampler="learn2pd"``); End-of-Text prediction is the filter
-``dllm.filters.eotp`` (``eotp="committed"`` / ``"predicted"``).
+``dllm.filters.eotp`` (``eotp="committed"`` / ``"predicted"`` / ``"fill"``).
 """
 
 from .artifact import FilterError, load_filter
