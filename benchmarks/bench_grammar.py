@@ -77,6 +77,7 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
                 witnesses[i] = out.stats.witnesses[k]
     parse = exact = parse_w = valid = 0
     for i, e in enumerate(examples):
+        reference = json.loads(e.target)
         for text, counter in ((texts[i], "plain"), (witnesses.get(i, texts[i]), "witness")):
             ok = status[i] != "stuck" or counter == "witness"
             try:
@@ -86,14 +87,22 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
                 ok, value = False, None
             if counter == "plain":
                 parse += ok
-                valid += ok and jsonschema.Draft202012Validator(schema_of(json.loads(e.target))).is_valid(value)
-                exact += ok and value == json.loads(e.target)
+                valid += ok and jsonschema.Draft202012Validator(schema_of(reference)).is_valid(value)
+                exact += ok and value == reference
             else:
                 parse_w += ok
     n = len(examples)
     return {"parse": parse / n, "parse_w": parse_w / n, "valid": valid / n, "exact": exact / n, "nfe": nfe / n,
             "tpf": tokens / nfe if nfe else 0.0, "tps": tokens / seconds, "wall": seconds,
             "stuck": sum(s == "stuck" for s in status)}
+
+
+def slot_lengths(text: str) -> dict:
+    """``string=3,integer=2`` -> {"string": 3, "integer": 2} (argparse turns a ValueError into a one-line error)."""
+    pairs = [item.split("=") for item in text.split(",")]
+    if not all(len(pair) == 2 and pair[1].strip().isdigit() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: write TYPE=CELLS pairs, e.g. string=3,integer=2")
+    return {key.strip(): int(value) for key, value in pairs}
 
 
 def main() -> None:
@@ -103,11 +112,10 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.5, 0.0])
     parser.add_argument("--model", default="tiny", help="tiny, or tiny-cot with --task cot_json")
     parser.add_argument("--task", default="json")
-    parser.add_argument("--slot-length", default="string=3,integer=2",
+    parser.add_argument("--slot-length", type=slot_lengths, default="string=3,integer=2",
                         help="scaffold slot cells per value type (tiny's tokenizer writes a one-token string value "
                              "and its separator in 3 cells)")
     args = parser.parse_args()
-    slot_length = {k: int(v) for k, v in (item.split("=") for item in args.slot_length.split(","))}
     model = dllm.load(args.model)
     examples = load_test_set(args.task)[:args.limit]
     dllm.generate(model, [examples[0].prompt], grammar="json")  # compile / load the numba kernels once
@@ -117,7 +125,7 @@ def main() -> None:
     for threshold in args.thresholds:
         base = None
         for variant in ("free", "json", "schema", "scaffold"):
-            r = run(model, examples, threshold, variant, args.batch, slot_length)
+            r = run(model, examples, threshold, variant, args.batch, args.slot_length)
             base = base or r["wall"]
             print(f"{threshold:>9} {variant:>9} {r['parse']:>6.1%} {r['parse_w']:>8.1%} {r['valid']:>6.1%} {r['exact']:>6.1%} "
                   f"{r['nfe']:>6.2f} {r['tpf']:>6.2f} {r['tps']:>7.0f} {r['wall']:>7.2f} {r['wall'] / base:>6.2f} "

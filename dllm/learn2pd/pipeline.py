@@ -37,8 +37,10 @@ def train_filter(model, prompts: list, out, *, gen_length: int | None = None, bl
     if not prompts:
         raise ValueError("no training prompts: pass --tasks with a training split (embedded tasks) and --limit > 0, "
                          "or --prompts FILE with at least one prompt")
-    if cache not in caches.available():
-        raise ValueError(f"unknown cache '{cache}' for the trace decodes: use one of {', '.join(caches.available())}")
+    fitting = caches.available(model.attention)  # e.g. no "block" cache for a full-attention model
+    if cache not in fitting:
+        raise ValueError(f"unknown cache '{cache}' for the trace decodes of a {model.attention}-attention model: "
+                         f"use one of {', '.join(fitting)}")
     if confidence not in CONFIDENCES:
         raise ValueError(f"unknown confidence '{confidence}': use one of {', '.join(CONFIDENCES)}")
     gen_length = gen_length or default_gen_length(model)
