@@ -134,3 +134,48 @@ def test_bad_input_errors_come_before_any_forward(tmp_path):
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, schema=SCHEMA, grammar="json"), "not both")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, slot_length=3), "schema=")
     assert calls == []
+
+
+def _attached_filter(model, region, **options):
+    """A grammar filter attached to a one-row canvas whose generated region is ``region`` (token ids)."""
+    import types
+
+    import torch
+
+    from dllm.filters.grammar import GrammarFilter
+
+    canvas = types.SimpleNamespace(x=torch.tensor([region]), gen_start=torch.tensor([0]),
+                                   gen_end=torch.tensor([len(region)]))
+    grammar_filter = GrammarFilter(grammar="json", **options)
+    grammar_filter.attach(model, canvas, model.eos_ids)
+    return grammar_filter
+
+
+def test_an_eos_waits_until_the_cells_before_it_are_filled():
+    model = dllm.load("tiny")
+    eos, mask = model.eos_ids[0], model.mask_id
+    text = model.tokenizer.encode('{"a": 12', add_special_tokens=False)
+    close = model.tokenizer.encode("}", add_special_tokens=False)
+    assert len(close) == 1  # one cell closes the JSON: the EOS must not take it
+    region = text + [mask, mask, mask]
+    last, tail = len(text), len(text) + 1
+    deferring = _attached_filter(model, region)
+    # EOS first in confidence order, then the closing token before it: the EOS waits, then lands in the same step
+    assert deferring._check_row(0, [(tail, eos), (last, close[0])]) == ([True, True], [False, False])
+    assert deferring.deferrals == {0: 0}
+    # the EOS alone: deferred (neither kept nor banned), counted
+    assert deferring._check_row(0, [(tail, eos)]) == ([False], [False])
+    assert deferring.deferrals == {0: 1}
+    # without deferral the plain oracle accepts it: a gap stands for any string, whatever its length
+    plain = _attached_filter(model, region, defer_eos=False)
+    assert plain._check_row(0, [(tail, eos)]) == ([True], [False])
+
+
+def test_deferred_eos_rows_still_progress_and_parse():
+    model = dllm.load("tiny")
+    prompt = "To JSON: The box weighs 12 kg, is painted black and is built from copper.\n"
+    for sampler, options in (("static", {}), ("threshold", {"threshold": 0.0})):
+        out = dllm.generate(model, [prompt], sampler=sampler, grammar="json", **options)
+        assert out.status == ["eos"] and json.loads(out.texts[0])["item"] == "box"
+    assert out.stats.counters["grammar_deferrals"] == [0]  # a whole block per step: the EOS lands with the text
+    assert dllm.generate(model, [prompt], sampler="static", grammar="json").stats.counters["grammar_deferrals"][0] > 0

@@ -18,6 +18,12 @@ position), each against the canvas including the earlier accepted ones of the sa
   The first pair of a row is always checked against the standing canvas, so a row that is not rejected
   keeps at least one commit (progress).
 
+An EOS that would end the output while masked cells remain before it is *deferred* (``defer_eos``, on by
+default): dropped from this step, not banned, and it lands as soon as those cells are filled. The oracle
+is not length-aware, so an early EOS can leave too few cells for what the grammar still needs, and the row
+then ends stuck. When every commit a row's sampler chose was a deferred EOS, the filter commits the row's
+most confident other candidate instead (progress).
+
 Special tokens other than EOS (mask, pad, BOS, role markers) can never be part of an output: the filter
 adds a logit processor that sets them to -inf up front, so they cost no rejections.
 
@@ -25,10 +31,12 @@ Stuck rows: after the run (``finish``) every row whose output is not a complete 
 (stuck rows) gets a witness completion — the current canvas with its gaps filled by the oracle, ignoring
 the canvas length — in ``stats.witnesses[row]`` (text), and its reason says so. The row's own text stays
 what the model wrote. Counters (per row, caller order): ``grammar_checks``, ``grammar_rejections``,
-``grammar_conflicts``, ``grammar_cap_hits``; ``grammar_seconds`` (total time in the oracle).
+``grammar_conflicts``, ``grammar_deferrals``, ``grammar_cap_hits``; ``grammar_seconds`` (total time in
+the oracle).
 
 Added by ``dllm.generate(grammar=..., schema=..., template=...)``; also usable as ``filters=["grammar"]``
-(options ``grammar`` = anything ``dllm.grammars.load_grammar`` takes, ``grammar_backend``, ``open_end``).
+(options ``grammar`` = anything ``dllm.grammars.load_grammar`` takes, ``grammar_backend``, ``open_end``,
+``defer_eos``).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.view import Decision, StepView
-from ..grammars.kernels import EOS
+from ..grammars.kernels import EOS, MASK
 from .base import Filter, register
 
 
@@ -49,6 +57,7 @@ class GrammarFilter(Filter):
     grammar: object = "json"  # "json", a .lark path, Lark text, a JSON Schema dict, or a dllm.grammars.Grammar
     grammar_backend: str | None = None  # "numba" | "python" | None (auto)
     open_end: bool = False  # True: no EOS = the output may continue past the region (the reference's mode)
+    defer_eos: bool = True  # an EOS lands only once every cell before it is filled (see ``_deferred``)
 
     def validate(self) -> None:
         if self.grammar_backend not in (None, "numba", "python", "auto"):
@@ -90,6 +99,7 @@ class GrammarFilter(Filter):
         self.all_states = dict(zip(self.caller, self.states))
         self.ends = list(ends)
         self.conflicts: dict[int, int] = {}  # caller row -> conflicts dropped
+        self.deferrals: dict[int, int] = {}  # caller row -> EOS commits deferred (``_deferred``)
         self.seconds = 0.0
         self._epoch, self._memo = 0, {}
 
@@ -118,6 +128,7 @@ class GrammarFilter(Filter):
         offsets = (view.span[0] - view.gen_start).tolist()
         keep = commit_h.clone()
         veto = torch.zeros_like(commit_h)
+        retarget = False
         for b, count in enumerate(counts_h):
             if not count:
                 continue
@@ -129,57 +140,107 @@ class GrammarFilter(Filter):
                 memo[pairs] = (kept, vetoed)
                 memo[tuple(p for p, k in zip(pairs, kept) if k)] = ([True] * sum(kept), [False] * sum(kept))
             kept, vetoed = memo[pairs]
+            if not any(kept) and not any(vetoed):  # every commit was a deferred EOS: commit something else
+                extra = self._fallback(b, view, offsets[b], {w for w, _ in pairs})
+                if extra is not None:
+                    w, t = extra
+                    k, v = self._check_row(b, [(w + offsets[b], t)])
+                    pairs, kept, vetoed = pairs + (extra,), kept + k, vetoed + v
+                    commit_h[b, w] = True
+                    tokens_h[b, w] = t
+                    retarget = True
             for (w, _), k, v in zip(pairs, kept, vetoed):
                 keep[b, w] = k
                 veto[b, w] = v
             self._kept[b] = {(w + offsets[b], t) for (w, t), k in zip(pairs, kept) if k}
+        if retarget:  # a fallback commit (see ``_fallback``) joined the decision
+            commit = commit_h.to(device)
+            decision.tokens = tokens_h.to(device)
         self._veto = veto.to(device)
         decision.commit = commit & keep.to(device) | (commit & self._veto)  # vetoed rows re-select anyway
         self.seconds += time.perf_counter() - started
         return decision
 
+    def _deferred(self, cells, pos: int, code: int) -> bool:
+        """Is this an EOS that must wait: no end of output before it yet, and masked cells before it?
+
+        Why: the oracle is not length-aware (a gap stands for any string), so it accepts an EOS that leaves
+        too few cells for what the grammar still needs (``"sizes": [30,`` + one mask + EOS); every token at
+        that cell is then rejected and the row ends stuck. Deferring is not a ban: the EOS lands as soon as
+        the cells before it are filled (in the same step when this step fills them). Measured on tiny-cot's
+        JSON (60 rows, threshold 0.9): stuck rows 7 -> 4, parse rate 88 -> 93 %, NFE 4.7 -> 5.4 (the EOS
+        tail waits for the text). A variant that let an EOS land early when a witness ending fitted the
+        cells before it kept the NFE but also the 7 stuck rows: the model later filled those cells with
+        other text. (Choice recorded here; ``defer_eos=False`` restores the plain behaviour.)"""
+        if not self.defer_eos or code != EOS:
+            return False
+        before = cells[:pos]
+        return not (before == EOS).any() and bool((before == MASK).any())
+
     def _check_row(self, b: int, pairs: list[tuple[int, int]]) -> tuple[list[bool], list[bool]]:
-        """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags."""
+        """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags.
+        Deferred EOS commits (``_deferred``) are retried, in position order, after the others."""
         state, oracle = self.states[b], self.oracle
-        kept, vetoed = [], []
+        kept, vetoed = [False] * len(pairs), [False] * len(pairs)
         scratch = None  # the row's canvas plus this step's accepted tokens
-        for pos, tok in pairs:
-            code = oracle.code(tok)
-            cells = state.cells if scratch is None else scratch
-            if code == EOS and (cells[:pos] == EOS).any() and (scratch is not None or state.feasible()):
-                if scratch is None:  # an EOS after the end of output changes nothing: no check needed
-                    scratch = state.cells.copy()
-                scratch[pos] = code
-                kept.append(True)
-                vetoed.append(False)
+        waiting = []
+        for i, (pos, tok) in enumerate(pairs):
+            if self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
+                waiting.append(i)
+                self.deferrals[self.caller[b]] = self.deferrals.get(self.caller[b], 0) + 1
                 continue
-            if scratch is None:
-                ok = state.allows(pos, tok)
-                if ok:
-                    scratch = state.cells.copy()
-                    scratch[pos] = oracle.code(tok)
-                kept.append(ok)
-                vetoed.append(not ok)
-                continue
-            cand = scratch.copy()
-            cand[pos] = oracle.code(tok)
-            ok = not oracle.excluded[tok] and oracle.status_cells(cand) == 1
-            state.checks += 1
-            if ok:
-                scratch = cand
-                kept.append(True)
-                vetoed.append(False)
-            elif state.allows(pos, tok):  # fine alone: a conflict with an earlier token of this step
-                self.conflicts[self.caller[b]] = self.conflicts.get(self.caller[b], 0) + 1
-                kept.append(False)
-                vetoed.append(False)
-            else:
-                kept.append(False)
-                vetoed.append(True)
-            if vetoed[-1]:  # the row re-selects anyway: leave the rest for then
-                break
-        missing = len(pairs) - len(kept)
-        return kept + [False] * missing, vetoed + [False] * missing
+            scratch, kept[i], vetoed[i] = self._check_pair(b, pos, tok, scratch)
+            if vetoed[i]:  # the row re-selects anyway: leave the rest for then
+                return kept, vetoed
+        for i in sorted(waiting, key=lambda i: pairs[i][0]):
+            pos, tok = pairs[i]
+            if not self._deferred(state.cells if scratch is None else scratch, pos, EOS):
+                self.deferrals[self.caller[b]] -= 1
+                scratch, kept[i], vetoed[i] = self._check_pair(b, pos, tok, scratch)
+                if vetoed[i]:
+                    break
+        return kept, vetoed
+
+    def _check_pair(self, b: int, pos: int, tok: int, scratch):
+        """(scratch canvas after it, kept, vetoed) for one commit checked against ``scratch`` (None: the
+        row's standing canvas); a commit feasible alone but not after this step's earlier ones is a
+        conflict: dropped, not vetoed."""
+        state, oracle = self.states[b], self.oracle
+        code = oracle.code(tok)
+        cells = state.cells if scratch is None else scratch
+        if code == EOS and (cells[:pos] == EOS).any() and (scratch is not None or state.feasible()):
+            scratch = state.cells.copy() if scratch is None else scratch  # an EOS after the end changes nothing
+            scratch[pos] = code
+            return scratch, True, False
+        if scratch is None:
+            if not state.allows(pos, tok):
+                return None, False, True
+            scratch = state.cells.copy()
+            scratch[pos] = code
+            return scratch, True, False
+        cand = scratch.copy()
+        cand[pos] = code
+        state.checks += 1
+        if not oracle.excluded[tok] and oracle.status_cells(cand) == 1:
+            return cand, True, False
+        if state.allows(pos, tok):  # fine alone: a conflict with an earlier token of this step
+            self.conflicts[self.caller[b]] = self.conflicts.get(self.caller[b], 0) + 1
+            return scratch, False, False
+        return scratch, False, True
+
+    def _fallback(self, b: int, view: StepView, offset: int, tried: set[int]) -> tuple[int, int] | None:
+        """The row's most confident candidate (window column, proposal) that is not a deferred EOS: what the
+        row commits when every commit the sampler chose was a deferred EOS (progress, one per step)."""
+        state = self.states[b]
+        confidence = view.confidence[b].cpu()
+        x0 = view.x0[b].cpu()
+        for w in torch.sort(confidence, descending=True, stable=True).indices.tolist():
+            if not bool(torch.isfinite(confidence[w])):
+                return None
+            tok = int(x0[w])
+            if w not in tried and not self._deferred(state.cells, w + offset, self.oracle.code(tok)):
+                return w, tok
+        return None
 
     def reject(self, view: StepView, decision: Decision) -> torch.Tensor | None:
         return self._veto & decision.commit
@@ -227,6 +288,7 @@ class GrammarFilter(Filter):
         stats.counters["grammar_rejections"] = [s.rejections for s in states]
         stats.counters["grammar_cap_hits"] = [s.cap_hits for s in states]
         stats.counters["grammar_conflicts"] = [self.conflicts.get(r, 0) for r in rows]
+        stats.counters["grammar_deferrals"] = [self.deferrals.get(r, 0) for r in rows]
         stats.counters["grammar_seconds"] = [self.seconds]
         for row, state in zip(rows, states):
             if row < len(stats.status) and stats.status[row] == "stuck" and not state.complete:
@@ -239,4 +301,4 @@ class GrammarFilter(Filter):
     def describe(self) -> dict:
         grammar = self.grammar if isinstance(self.grammar, (str, dict)) else type(self.grammar).__name__
         return {"filter": self.name, "grammar": grammar, "grammar_backend": self.grammar_backend,
-                "open_end": self.open_end}
+                "open_end": self.open_end, "defer_eos": self.defer_eos}
