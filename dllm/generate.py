@@ -148,7 +148,7 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     filter_objs = _plugins(filters, args.filters, options)
     grammar_filter = None
     if grammar is not None:
-        mine = {k: options.pop(k) for k in ("grammar_backend", "open_end") if k in options}
+        mine = {k: options.pop(k) for k in ("grammar_backend", "open_end", "defer_eos") if k in options}
         grammar_filter = filters.build("grammar", {"grammar": grammar, **mine})
         filter_objs.append(grammar_filter)  # after the user's filters: it checks what they let through
     sampler_obj = samplers.build(args.sampler, options)

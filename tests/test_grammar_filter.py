@@ -159,7 +159,7 @@ def test_an_eos_waits_until_the_cells_before_it_are_filled():
     assert len(close) == 1  # one cell closes the JSON: the EOS must not take it
     region = text + [mask, mask, mask]
     last, tail = len(text), len(text) + 1
-    deferring = _attached_filter(model, region)
+    deferring = _attached_filter(model, region, defer_eos=True)
     # EOS first in confidence order, then the closing token before it: the EOS waits, then lands in the same step
     assert deferring._check_row(0, [(tail, eos), (last, close[0])]) == ([True, True], [False, False])
     assert deferring.deferrals == {0: 0}
@@ -167,7 +167,7 @@ def test_an_eos_waits_until_the_cells_before_it_are_filled():
     assert deferring._check_row(0, [(tail, eos)]) == ([False], [False])
     assert deferring.deferrals == {0: 1}
     # without deferral the plain oracle accepts it: a gap stands for any string, whatever its length
-    plain = _attached_filter(model, region, defer_eos=False)
+    plain = _attached_filter(model, region)  # the default
     assert plain._check_row(0, [(tail, eos)]) == ([True], [False])
 
 
@@ -175,7 +175,9 @@ def test_deferred_eos_rows_still_progress_and_parse():
     model = dllm.load("tiny")
     prompt = "To JSON: The box weighs 12 kg, is painted black and is built from copper.\n"
     for sampler, options in (("static", {}), ("threshold", {"threshold": 0.0})):
-        out = dllm.generate(model, [prompt], sampler=sampler, grammar="json", **options)
+        out = dllm.generate(model, [prompt], sampler=sampler, grammar="json", defer_eos=True, **options)
         assert out.status == ["eos"] and json.loads(out.texts[0])["item"] == "box"
     assert out.stats.counters["grammar_deferrals"] == [0]  # a whole block per step: the EOS lands with the text
-    assert dllm.generate(model, [prompt], sampler="static", grammar="json").stats.counters["grammar_deferrals"][0] > 0
+    deferred = dllm.generate(model, [prompt], sampler="static", grammar="json", defer_eos=True)
+    assert deferred.stats.counters["grammar_deferrals"][0] > 0
+    assert dllm.generate(model, [prompt], sampler="static", grammar="json").stats.counters["grammar_deferrals"] == [0]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dllm.tiny import cot_tasks, tasks, train
 
@@ -53,6 +54,10 @@ def test_unordered_answers_accept_every_order_and_nothing_else():
     assert tasks.score("cot_filter", ex.target, " ".join(numbers + numbers[:1]))["exact"] == 0.0
     orders = {tasks.sample("cot_filter", random.Random(s)).target for s in range(5)}
     assert len(orders) == 5  # training targets come in shuffled orders
+    # the prompt says how many numbers to select; stage 1 of the recipe trained on the format without the count
+    assert ex.prompt.startswith(f"Filter {len(numbers)} ")
+    old = tasks.sample("cot_filter", random.Random(3), options={"cot_filter": {"count_in_prompt": False}})
+    assert old.prompt == ex.prompt.replace(f"Filter {len(numbers)} ", "Filter ") and old.target == ex.target
 
 
 def test_copy_and_json_tasks_are_right():
@@ -79,6 +84,11 @@ def test_answer_lengths_vary_over_the_canvas():
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--preset", "cot", "--resume"], "--resume: no train_state.pt"),
     (["--preset", "cot", "--curriculum-tasks", "cot_sort"], "--curriculum-tasks cot_sort not in --tasks"),
+    (["--preset", "cot-tune"], "pass --init DIR (that run's --out)"),
+    (["--preset", "cot-tune", "--init", "/no/such/run"], "--init /no/such/run: no checkpoint there"),
+    (["--preset", "tiny", "--init", "dllm/tiny/checkpoint_cot"], "has another architecture"),
+    (["--preset", "cot", "--task-options", "{oops"], "--task-options is not JSON"),
+    (["--preset", "cot", "--task-options", "[1]"], "--task-options must map task names to keyword objects"),
 ])
 def test_recipe_bad_input_is_one_line(tmp_path, argv, message):
     run = subprocess.run([sys.executable, "-m", "dllm.tiny.train", "--out", str(tmp_path / "run"), *argv],
@@ -95,6 +105,21 @@ def test_recipe_refuses_an_output_folder_of_another_run(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileExistsError, match="already holds a checkpoint"):
         train.check_output(tmp_path, resume=False)
+
+
+def test_a_second_stage_starts_from_the_first_stages_checkpoint(tmp_path):
+    """``--init`` takes the weights and tokenizer of a checkpoint: a zero-step stage exports them unchanged."""
+    from safetensors.torch import load_file
+
+    from dllm.models.loader import EMBEDDED_MODELS
+
+    source = EMBEDDED_MODELS["tiny-cot"]
+    recipe = train.Recipe(**{**train.PRESETS["cot-tune"], "init": str(source), "steps": 0})
+    train.run(recipe, tmp_path / "stage2", progress=False)
+    before = load_file(str(source / "model.safetensors"))
+    after = load_file(str(tmp_path / "stage2" / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "stage2" / "tokenizer.json").read_text() == (source / "tokenizer.json").read_text()
 
 
 def test_length_curriculum_starts_short_and_reaches_the_full_ranges():
@@ -141,7 +166,9 @@ def test_tiny_cot_ships_in_llada_format_within_budget(tiny_cot):
     assert (generation["gen_length"], generation["block_length"]) == (128, 32)
     assert (directory / "model.safetensors").stat().st_size <= 16 * 2**20
     assert tiny_cot.family == "llada" and tiny_cot.canvas_defaults["gen_length"] == 128
-    assert tiny_cot.tokenizer.get_vocab() == train.train_tokenizer(task_names=cot_tasks.COT_TASKS).get_vocab()
+    stage_one = train.Recipe(**train.PRESETS["cot"])  # the tokenizer is stage 1's; stage 2 (cot-tune) keeps it
+    rebuilt = train.train_tokenizer(task_names=train.tokenizer_tasks(stage_one), task_options=stage_one.task_options)
+    assert tiny_cot.tokenizer.get_vocab() == rebuilt.get_vocab()
 
 
 def test_tiny_cot_decodes_the_first_problems_to_the_documented_answers(tiny_cot):

@@ -18,11 +18,12 @@ position), each against the canvas including the earlier accepted ones of the sa
   The first pair of a row is always checked against the standing canvas, so a row that is not rejected
   keeps at least one commit (progress).
 
-An EOS that would end the output while masked cells remain before it is *deferred* (``defer_eos``, on by
-default): dropped from this step, not banned, and it lands as soon as those cells are filled. The oracle
+With ``defer_eos=True`` an EOS that would end the output while masked cells remain before it is
+*deferred*: dropped from this step, not banned, and it lands as soon as those cells are filled. The oracle
 is not length-aware, so an early EOS can leave too few cells for what the grammar still needs, and the row
 then ends stuck. When every commit a row's sampler chose was a deferred EOS, the filter commits the row's
-most confident other candidate instead (progress).
+most confident other candidate instead (progress). Off by default: measured gains were within noise on the
+shipped tiny-cot and it costs forwards (``_deferred``).
 
 Special tokens other than EOS (mask, pad, BOS, role markers) can never be part of an output: the filter
 adds a logit processor that sets them to -inf up front, so they cost no rejections.
@@ -57,7 +58,7 @@ class GrammarFilter(Filter):
     grammar: object = "json"  # "json", a .lark path, Lark text, a JSON Schema dict, or a dllm.grammars.Grammar
     grammar_backend: str | None = None  # "numba" | "python" | None (auto)
     open_end: bool = False  # True: no EOS = the output may continue past the region (the reference's mode)
-    defer_eos: bool = True  # an EOS lands only once every cell before it is filled (see ``_deferred``)
+    defer_eos: bool = False  # True: an EOS lands only once every cell before it is filled (see ``_deferred``)
 
     def validate(self) -> None:
         if self.grammar_backend not in (None, "numba", "python", "auto"):
@@ -167,11 +168,15 @@ class GrammarFilter(Filter):
         Why: the oracle is not length-aware (a gap stands for any string), so it accepts an EOS that leaves
         too few cells for what the grammar still needs (``"sizes": [30,`` + one mask + EOS); every token at
         that cell is then rejected and the row ends stuck. Deferring is not a ban: the EOS lands as soon as
-        the cells before it are filled (in the same step when this step fills them). Measured on tiny-cot's
-        JSON (60 rows, threshold 0.9): stuck rows 7 -> 4, parse rate 88 -> 93 %, NFE 4.7 -> 5.4 (the EOS
-        tail waits for the text). A variant that let an EOS land early when a witness ending fitted the
-        cells before it kept the NFE but also the 7 stuck rows: the model later filled those cells with
-        other text. (Choice recorded here; ``defer_eos=False`` restores the plain behaviour.)"""
+        the cells before it are filled (in the same step when this step fills them).
+
+        Measured with ``benchmarks/bench_grammar.py --model tiny-cot --task cot_json --limit 60`` (grammar
+        "json"), defer off -> on. Run-5 checkpoint: threshold 0.9 stuck 7 -> 4 rows, parse 88 -> 93 %, NFE
+        4.7 -> 5.4; 0.5 parse 37 -> 43 %; 0 parse 30 -> 33 %. Shipped run-6 checkpoint: 0.9 parse 95 -> 93 %,
+        stuck 3 -> 4; 0.5 parse 67 -> 70 %, NFE 2.9 -> 4.3; 0 parse equal, NFE 2.1 -> 3.3. So the gains are
+        a few rows either way and the forwards are a real cost (the EOS tail waits for the text): off by
+        default. A variant that let an EOS land early when a witness ending fitted the cells before it kept
+        the forwards but also the stuck rows (the model later filled those cells with other text)."""
         if not self.defer_eos or code != EOS:
             return False
         before = cells[:pos]

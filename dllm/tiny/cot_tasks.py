@@ -7,8 +7,8 @@ tasks are built so that samplers *differ*:
 * ``cot_arith`` — a chain of 3-6 dependent assignments (two-digit values to 50, carries, + - *; the
   generator can also refer back to earlier variables, off for the shipped model), one worked line per step and GSM8K's ``#### answer`` line. Each line's
   result depends on the previous line: committing many positions of a chain in parallel goes wrong.
-* ``cot_filter`` — "Filter even: 31 12 19 44 ..." -> the selected numbers **in any order** (the training
-  targets are shuffled, so the model learns several valid outputs). Per-position marginals of different
+* ``cot_filter`` — "Filter 2 even: 31 12 19 44 ..." -> the selected numbers **in any order** (the training
+  targets are shuffled, so the model learns several valid outputs; the prompt says how many). Per-position marginals of different
   valid orders mix into duplicates and omissions when committed in parallel; the scorer accepts every order.
 * ``cot_copy`` — copy / reverse / add-k over 5-32 numbers: long spans with strong local
   structure (the regime LocalLeap exploits) and the longest answers.
@@ -38,7 +38,7 @@ COT_TASKS = ("cot_arith", "cot_filter", "cot_copy", "cot_json")
 # the earlier, wider ranges (runs 1-3) and why each was narrowed
 DIFFICULTY = {
     "cot_arith": {"min_steps": 3, "max_steps": 6, "max_operand": 9, "max_value": 50, "back_ref": 0.0},
-    "cot_filter": {"min_len": 4, "max_len": 12},
+    "cot_filter": {"min_len": 4, "max_len": 12, "count_in_prompt": True},
     "cot_copy": {"min_len": 5, "max_len": 32},
     "cot_json": {"min_fields": 3, "max_fields": 7},
 }
@@ -104,8 +104,15 @@ _PREDICATES = {
 }
 
 
-def cot_filter(rng: random.Random, min_len: int = 10, max_len: int = 40) -> Example:
-    """``Filter above 40: 31 12 77 44 ...`` -> the selected numbers, shuffled (any order is right)."""
+def cot_filter(rng: random.Random, min_len: int = 10, max_len: int = 40, count_in_prompt: bool = False) -> Example:
+    """``Filter above 40: 31 12 77 44 ...`` -> the selected numbers, shuffled (any order is right).
+
+    ``count_in_prompt`` says how many numbers to select (``Filter 2 above 40: ...``). Why: without it the
+    answer's length is a count the model must get right before any number, and the run-5 model got it wrong
+    on most problems (54 of its 76 wrong answers on 100 problems were a correct but incomplete set: with
+    shuffled targets each number at a position has probability ~1/k, so an early EOS outranks every number and
+    ends the answer).
+    The count leaves the unordered part intact: every order is still a valid answer."""
     while True:
         numbers = rng.sample(range(100), rng.randint(min_len, max_len))
         kind = rng.choice(sorted(_PREDICATES))
@@ -114,6 +121,8 @@ def cot_filter(rng: random.Random, min_len: int = 10, max_len: int = 40) -> Exam
         if 2 <= len(chosen) <= max(3, max_len * 3 // 5):
             break
     label = f"{kind} {threshold}" if kind in ("above", "below") else kind
+    if count_in_prompt:
+        label = f"{len(chosen)} {label}"
     shuffled = chosen[:]
     rng.shuffle(shuffled)
     prompt = f"Filter {label}: {' '.join(map(str, numbers))}\n"
@@ -218,9 +227,13 @@ def cot_json(rng: random.Random, min_fields: int = 3, max_fields: int = 8) -> Ex
 GENERATORS = {"cot_arith": cot_arith, "cot_filter": cot_filter, "cot_copy": cot_copy, "cot_json": cot_json}
 
 
-# the ranges of the shipped test sets: the training ranges unless a test set is narrowed to an easier, still
-# in-distribution sub-range (the difficulty knob of the benchmark; the model is trained on DIFFICULTY)
+# the ranges of the shipped test sets (the difficulty knob of the benchmark; the model is trained on DIFFICULTY).
+# cot_arith's values may reach 60 (training: 50): on 3-6-step chains inside the training ranges the shipped model
+# is right 97.7 % of the time with one token per step, above the 60-90 % band the benchmark wants; with values to
+# 60, about one chain in six needs a fact it never saw (README.md, "Scores"). The other tasks use their training
+# ranges.
 TEST_DIFFICULTY = {task: dict(ranges) for task, ranges in DIFFICULTY.items()}
+TEST_DIFFICULTY["cot_arith"]["max_value"] = 60
 
 
 # the keyword pair that spans each generator's size range (chain steps, list items, JSON fields)
@@ -249,12 +262,14 @@ def curriculum_ranges(task: str, progress: float) -> dict:
     return ranges
 
 
-def generate(task: str, rng: random.Random, split: str = "train", progress: float = 1.0) -> Example:
+def generate(task: str, rng: random.Random, split: str = "train", progress: float = 1.0,
+             options: dict | None = None) -> Example:
     """One problem of ``task`` at its training (``split="train"``) or test-set difficulty; ``progress`` < 1
-    narrows the training range for a length curriculum (:func:`curriculum_ranges`)."""
+    narrows the training range for a length curriculum (:func:`curriculum_ranges`); ``options`` (task ->
+    generator keywords) overrides training ranges, e.g. to replay an earlier recipe's task format."""
     if split != "train":
         return GENERATORS[task](rng, **TEST_DIFFICULTY[task])
-    return GENERATORS[task](rng, **curriculum_ranges(task, progress))
+    return GENERATORS[task](rng, **{**curriculum_ranges(task, progress), **(options or {}).get(task, {})})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def in_test_split(example: Example) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
 
 
-def _generator(task: str, split: str = "train", progress: float = 1.0):
+def _generator(task: str, split: str = "train", progress: float = 1.0, options: dict | None = None):
     """The generator of ``task``: the first suite's here, ``tiny-cot``'s in :mod:`.cot_tasks` (whose test sets
     may use a narrower difficulty range than training, ``cot_tasks.TEST_DIFFICULTY``, and whose training
     ranges a length curriculum narrows while ``progress`` < 1; the first suite has no curriculum)."""
@@ -159,7 +159,7 @@ def _generator(task: str, split: str = "train", progress: float = 1.0):
     from . import cot_tasks
 
     if task in cot_tasks.GENERATORS:
-        return lambda rng: cot_tasks.generate(task, rng, split, progress)
+        return lambda rng: cot_tasks.generate(task, rng, split, progress, options)
     raise ValueError(f"unknown task {task!r} (known: {', '.join(all_tasks())})")
 
 
@@ -170,22 +170,24 @@ def all_tasks() -> tuple[str, ...]:
     return TASKS + COT_TASKS
 
 
-def sample(task: str, rng: random.Random, split: str = "train", progress: float = 1.0) -> Example:
+def sample(task: str, rng: random.Random, split: str = "train", progress: float = 1.0,
+           options: dict | None = None) -> Example:
     """Draw one problem of ``task`` from ``split`` ("train" or "test"); ``progress`` < 1: a curriculum's
-    narrower training range (see :func:`.cot_tasks.curriculum_ranges`)."""
+    narrower training range (see :func:`.cot_tasks.curriculum_ranges`); ``options``: task -> generator
+    keywords overriding the training ranges (a recipe's ``task_options``)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    generate = _generator(task, split, progress)
+    generate = _generator(task, split, progress, options)
     while True:
         example = generate(rng)
         if in_test_split(example) == (split == "test"):
             return example
 
 
-def train_examples(seed: int, count: int, tasks=TASKS) -> list[Example]:
-    """``count`` training problems cycling through ``tasks``; a function of ``seed`` only."""
+def train_examples(seed: int, count: int, tasks=TASKS, options: dict | None = None) -> list[Example]:
+    """``count`` training problems cycling through ``tasks``; a function of ``seed`` (and ``options``) only."""
     rng = random.Random(seed)
-    return [sample(tasks[i % len(tasks)], rng, "train") for i in range(count)]
+    return [sample(tasks[i % len(tasks)], rng, "train", options=options) for i in range(count)]
 
 
 def test_set(task: str, size: int = TEST_SIZE, seed: int = 1234) -> list[Example]:

@@ -8,6 +8,7 @@ The tokenizer is rebuilt deterministically from the task generators (same seed, 
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,8 +27,9 @@ PIECES = r"\p{L}+| ?\p{N}{1,2}| ?[^\p{L}\p{N}\s]+|\s+"
 
 @lru_cache(maxsize=4)
 def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size: int = CORPUS_SIZE,
-                    task_names: tuple[str, ...] = tasks.TASKS):
-    """A :class:`tokenizers.Tokenizer` trained on ``size`` training problems (prompt + answer) of ``task_names``.
+                    task_names: tuple[str, ...] = tasks.TASKS, task_options: str = ""):
+    """A :class:`tokenizers.Tokenizer` trained on ``size`` training problems (prompt + answer) of ``task_names``
+    (``task_options``: a recipe's JSON generator overrides, see ``train.Recipe.task_options``).
 
     Cached: the result is a pure function of the arguments (callers must not modify it)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -45,7 +47,8 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED, size:
         show_progress=False,
     )
     # prompts and answers are encoded separately in training and decoding: no merges across the boundary
-    corpus = [text for ex in tasks.train_examples(seed, size, task_names) for text in (ex.prompt, ex.target)]
+    examples = tasks.train_examples(seed, size, task_names, json.loads(task_options or "{}"))
+    corpus = [text for ex in examples for text in (ex.prompt, ex.target)]
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer
 
@@ -68,8 +71,6 @@ def as_transformers(tokenizer, max_length: int):
 
 def save_tokenizer(tokenizer, directory: str | Path, max_length: int) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``directory``."""
-    import json
-
     directory = Path(directory)
     as_transformers(tokenizer, max_length).save_pretrained(str(directory))
     special = {"bos_token": BOS, "eos_token": EOS, "mask_token": MASK, "pad_token": PAD}

@@ -60,12 +60,27 @@ class Recipe:
     curriculum: int = 0  # length curriculum over this many steps (0 = off; see ``curriculum_progress``)
     curriculum_tasks: str = ""  # tasks of the curriculum's first third ("" = all; see ``step_examples``)
     block_noise: float = 0.0  # share of diffusion rows masked like semi-autoregressive decoding (``block_masks``)
+    task_options: str = ""  # JSON {task: {generator keyword: value}} over the training ranges (cot_tasks.DIFFICULTY)
+    init: str = ""  # checkpoint directory to start from (its weights and tokenizer) instead of a fresh network
     eval_every: int = 500
     save_every: int = 250
 
     @property
     def task_list(self) -> tuple[str, ...]:
         return _names(self.tasks)
+
+    @property
+    def options(self) -> dict:
+        """``task_options`` parsed (task -> generator keywords); one-line error when it is not such JSON."""
+        try:
+            options = json.loads(self.task_options or "{}")
+        except ValueError as error:
+            raise ValueError(f"--task-options is not JSON ({error}): write e.g. "
+                             '\'{"cot_filter": {"count_in_prompt": false}}\'') from None
+        if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+            raise ValueError("--task-options must map task names to keyword objects, e.g. "
+                             '\'{"cot_filter": {"count_in_prompt": false}}\'')
+        return options
 
     @property
     def curriculum_task_list(self) -> tuple[str, ...]:
@@ -85,15 +100,22 @@ def _names(text: str) -> tuple[str, ...]:
 PRESETS: dict[str, dict] = {
     # the shipped ``tiny`` model (the Recipe defaults)
     "tiny": {},
-    # the shipped ``tiny-cot`` model: longer dependent answers on a 128-token canvas (see cot_tasks.py).
-    # 2.15 M parameters; ~100 min on the 2 idle CPU cores (run 5, README.md); 5,000 of the 8,200 steps are the
+    # stage 1 of ``tiny-cot`` (run 5): longer dependent answers on a 128-token canvas (see cot_tasks.py).
+    # 2.15 M parameters; ~100 min on the 2 idle CPU cores (README.md); 5,000 of the 8,200 steps are the
     # left-to-right warm start (~40,000 arithmetic chains: the facts need ~35,000), whose first 1,500 steps are the
-    # length curriculum
+    # length curriculum. Its filter prompts do not say how many numbers to select (the later format, see below).
     "cot": {"tasks": "cot_arith,cot_filter,cot_copy,cot_json", "gen_length": 128, "block_length": 32,
             "d_model": 160, "n_heads": 5, "n_layers": 6, "mlp_hidden": 432, "max_prompt": 128,
             "batch_size": 32, "steps": 8200, "warm_start": 5000, "warm_start_trim": True, "warmup": 200,
-            "lr": 2e-3, "curriculum": 1500, "curriculum_tasks": "cot_copy"},
+            "lr": 2e-3, "curriculum": 1500, "curriculum_tasks": "cot_copy",
+            "task_options": '{"cot_filter": {"count_in_prompt": false}}'},
 }
+# stage 2 of the shipped ``tiny-cot`` (run 6): masked-diffusion steps from stage 1's checkpoint (``--init``) at a
+# lower learning rate, on the current task formats (the filter prompt gives the count, cot_tasks.cot_filter)
+PRESETS["cot-tune"] = {**PRESETS["cot"], "seed": 1, "steps": 3000, "warm_start": 0, "warm_start_trim": False,
+                       "curriculum": 0, "curriculum_tasks": "", "lr": 5e-4, "min_lr": 1e-5, "warmup": 50,
+                       "task_options": ""}
+NEEDS_INIT = {"cot-tune": "cot"}  # presets that continue another preset's checkpoint
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +285,8 @@ def step_examples(recipe: Recipe, step: int) -> list[tasks.Example]:
     rng = random.Random(f"tiny-train-{recipe.seed}-{step}")
     names = step_tasks(recipe, step)
     progress = curriculum_progress(recipe, step)
-    return [tasks.sample(names[i % len(names)], rng, "train", progress) for i in range(recipe.batch_size)]
+    options = recipe.options
+    return [tasks.sample(names[i % len(names)], rng, "train", progress, options) for i in range(recipe.batch_size)]
 
 
 def noise(batch: Batch, mask_id: int, generator: torch.Generator, min_ratio: float,
@@ -431,7 +454,7 @@ def evaluate(net, recipe: Recipe, tokenizer, ids: dict[str, int], size: int = 96
     net.eval()
     rng = random.Random(f"tiny-validation-{recipe.seed}")
     names = recipe.task_list
-    examples = [tasks.sample(names[i % len(names)], rng, "train") for i in range(size)]
+    examples = [tasks.sample(names[i % len(names)], rng, "train", options=recipe.options) for i in range(size)]
     result = {}
     for task in names:
         batch = collate([e for e in examples if e.task == task], tokenizer, ids, recipe.gen_length)
@@ -457,11 +480,38 @@ def tokenizer_tasks(recipe: Recipe) -> tuple[str, ...]:
 
 
 def build_run(recipe: Recipe):
-    """(tokenizer, special ids, config.json dict, freshly initialised network) of ``recipe``."""
-    tokenizer = train_tokenizer(task_names=tokenizer_tasks(recipe))
+    """(tokenizer, special ids, config.json dict, network) of ``recipe``: freshly initialised, or with the
+    weights and tokenizer of ``recipe.init``."""
+    if recipe.init:
+        return _from_checkpoint(recipe, Path(recipe.init))
+    tokenizer = train_tokenizer(task_names=tokenizer_tasks(recipe), task_options=recipe.task_options)
     ids = special_ids(tokenizer)
     config = llada_config(recipe, tokenizer.get_vocab_size(), ids)
     return tokenizer, ids, config, build_network(config, recipe.seed)
+
+
+def _from_checkpoint(recipe: Recipe, path: Path):
+    """The run's pieces from a LLaDA-format checkpoint this recipe wrote (the ``--init`` of a later stage)."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    from ..models.families import checkpoint_name, family_by_name
+
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"--init {path}: no checkpoint there (point it at the --out of the earlier stage)")
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    ids = special_ids(tokenizer)
+    config = llada_config(recipe, tokenizer.get_vocab_size(), ids)
+    saved = json.loads((path / "config.json").read_text())
+    differ = sorted(k for k in config if saved.get(k) != config[k])
+    if differ:
+        raise ValueError(f"--init {path} has another architecture ({', '.join(differ)}): use the preset it was "
+                         "trained with")
+    net = build_network(config, recipe.seed)
+    weights = load_file(str(path / "model.safetensors"))
+    llada = family_by_name("llada")
+    net.load_state_dict({name: weights[checkpoint_name(llada, name)] for name in net.state_dict()})
+    return tokenizer, ids, config, net
 
 
 def load_state(state_path: Path):
@@ -508,6 +558,7 @@ def run(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, 
     from tqdm import tqdm
 
     check_output(out, resume)
+    recipe.options  # a malformed --task-options fails here, before anything is written
     unknown = set(recipe.curriculum_task_list) - set(recipe.task_list)
     if unknown:
         raise ValueError(f"--curriculum-tasks {','.join(sorted(unknown))} not in --tasks: name a subset of "
@@ -585,7 +636,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export-state", type=Path, default=None, metavar="STATE",
                         help=f"only export a run's {STATE_FILE} (e.g. mid-run) as a checkpoint into --out")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
-                        help="recipe to start from: tiny (default) or cot (tiny-cot); flags below override it")
+                        help="recipe to start from: tiny (default), cot (tiny-cot stage 1) or cot-tune (stage 2, "
+                             "needs --init); flags below override it")
     for f in fields(Recipe):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
                             help=f"(tiny default: {f.default})")
@@ -595,6 +647,9 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {**PRESETS[args.preset],
               **{f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}}
     recipe = Recipe(**chosen)
+    if args.preset in NEEDS_INIT and not recipe.init and args.export_state is None:
+        parser.exit(2, f"error: --preset {args.preset} continues a finished --preset {NEEDS_INIT[args.preset]} run: "
+                       f"pass --init DIR (that run's --out)\n")
     try:
         if args.export_state is not None:
             export_state(args.export_state, args.out)
