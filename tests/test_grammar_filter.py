@@ -181,3 +181,13 @@ def test_deferred_eos_rows_still_progress_and_parse():
     deferred = dllm.generate(model, [prompt], sampler="static", grammar="json", defer_eos=True)
     assert deferred.stats.counters["grammar_deferrals"][0] > 0
     assert dllm.generate(model, [prompt], sampler="static", grammar="json").stats.counters["grammar_deferrals"] == [0]
+
+
+@pytest.mark.parametrize("family,cache,sampler,options", CASES[:2] + CASES[3:5])
+def test_deferred_eos_keeps_every_finished_output_parseable(family, cache, sampler, options):
+    model = random_model(family, 33)
+    prompts = random_prompts(model, 3, 34)
+    block = 8 if model.attention == "full" else None
+    out = dllm.generate(model, prompts, sampler=sampler, cache=cache, gen_length=16, block_length=block,
+                        grammar="json", defer_eos=True, max_rejections=4000, **options)
+    assert check_outputs(out, load_grammar("json")) >= 1

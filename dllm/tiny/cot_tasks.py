@@ -8,8 +8,9 @@ tasks are built so that samplers *differ*:
   generator can also refer back to earlier variables, off for the shipped model), one worked line per step and GSM8K's ``#### answer`` line. Each line's
   result depends on the previous line: committing many positions of a chain in parallel goes wrong.
 * ``cot_filter`` — "Filter 2 even: 31 12 19 44 ..." -> the selected numbers **in any order** (the training
-  targets are shuffled, so the model learns several valid outputs; the prompt says how many). Per-position marginals of different
-  valid orders mix into duplicates and omissions when committed in parallel; the scorer accepts every order.
+  targets are shuffled, so the model learns several valid outputs; the prompt says how many). Per-position
+  marginals of different valid orders mix into duplicates and omissions when committed in parallel; the scorer
+  accepts every order.
 * ``cot_copy`` — copy / reverse / add-k over 5-32 numbers: long spans with strong local
   structure (the regime LocalLeap exploits) and the longest answers.
 * ``cot_json`` — a sentence with 2-6 facts -> a JSON object in sentence order, with nested objects
@@ -111,8 +112,7 @@ def cot_filter(rng: random.Random, min_len: int = 10, max_len: int = 40, count_i
     answer's length is a count the model must get right before any number, and the run-5 model got it wrong
     on most problems (54 of its 76 wrong answers on 100 problems were a correct but incomplete set: with
     shuffled targets each number at a position has probability ~1/k, so an early EOS outranks every number and
-    ends the answer).
-    The count leaves the unordered part intact: every order is still a valid answer."""
+    ends the answer). The count leaves the unordered part intact: every order is still a valid answer."""
     while True:
         numbers = rng.sample(range(100), rng.randint(min_len, max_len))
         kind = rng.choice(sorted(_PREDICATES))
