@@ -4,6 +4,7 @@ import json
 
 import jsonschema
 import pytest
+import torch
 
 import dllm
 from dllm.grammars import load_grammar
@@ -140,8 +141,6 @@ def _attached_filter(model, region, **options):
     """A grammar filter attached to a one-row canvas whose generated region is ``region`` (token ids)."""
     import types
 
-    import torch
-
     from dllm.filters.grammar import GrammarFilter
 
     canvas = types.SimpleNamespace(x=torch.tensor([region]), gen_start=torch.tensor([0]),
@@ -191,3 +190,40 @@ def test_deferred_eos_keeps_every_finished_output_parseable(family, cache, sampl
     out = dllm.generate(model, prompts, sampler=sampler, cache=cache, gen_length=16, block_length=block,
                         grammar="json", defer_eos=True, max_rejections=4000, **options)
     assert check_outputs(out, load_grammar("json")) >= 1
+
+
+def test_a_ban_rescores_only_the_banned_positions(monkeypatch):
+    """After a rejection the engine scores again only the banned positions: their proposal becomes the best
+    allowed token, and every other position keeps its proposal and confidence."""
+    from dllm.engine.loop import Engine
+
+    original, calls = Engine._rescore, []
+
+    def checked(self, view, where):
+        x0, confidence = view.x0.clone(), view.confidence.clone()
+        original(self, view, where)
+        changed = torch.zeros_like(view.masked)
+        changed[where[:, 0], where[:, 1]] = True
+        assert torch.equal(view.x0[~changed], x0[~changed])
+        assert torch.equal(view.confidence[~changed], confidence[~changed])
+        best = view.logits[where[:, 0], where[:, 1]].argmax(-1)
+        assert torch.equal(view.x0[where[:, 0], where[:, 1]], best)
+        calls.append(len(where))
+
+    monkeypatch.setattr(Engine, "_rescore", checked)
+    model = random_model("llada", 35)
+    out = dllm.generate(model, random_prompts(model, 3, 36), sampler="threshold", threshold=0.3, gen_length=16,
+                        block_length=8, grammar="json", max_rejections=4000)
+    check_outputs(out, load_grammar("json"))
+    assert calls  # random logits get rejected
+
+
+def test_bans_with_sampling_and_a_modifier_keep_outputs_parseable_and_seeded():
+    model = random_model("llada", 37)
+    prompts = random_prompts(model, 2, 38)
+    run = lambda: dllm.generate(model, prompts, sampler="static", temperature=0.8, seed=5, gen_length=16,
+                                block_length=16, schedule="ascending", modifiers=["eoser"], grammar="json",
+                                max_rejections=4000)
+    first, second = run(), run()
+    check_outputs(first, load_grammar("json"))
+    assert first.texts == second.texts

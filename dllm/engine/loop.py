@@ -303,20 +303,33 @@ class Engine:
         cols = where[:, 1] + view.span[0]
         for r, c, t in zip(where[:, 0].tolist(), cols.tolist(), banned_tokens.tolist()):
             self.bans.append((int(self.rows[r]), c, t))
-        self._rescore(view)
+        self._rescore(view, where)
 
-    def _rescore(self, view: StepView) -> None:
-        x0, raw = propose_and_score(view.logits, self.settings.confidence, 0.0, None, exclude=self.mask_id)
+    def _rescore(self, view: StepView, where: torch.Tensor) -> None:
+        """New proposals and confidences after bans at ``where`` ([N, 2] row, column).
+
+        Only the banned positions are scored again: nothing else in the logits changed. (Scoring the whole
+        [B, W, V] window again after every rejection was half the grammar filter's overhead at low thresholds.)
+        """
+        rows, cols = where[:, 0], where[:, 1]
+        logits = view.logits[rows, cols]  # [N, V]
+        x0_new, raw_new = propose_and_score(logits[None], self.settings.confidence, 0.0, None, exclude=self.mask_id)
+        x0_new, raw_new = x0_new[0], raw_new[0]
         if self.settings.temperature > 0:  # keep sampled proposals where they are still allowed
-            allowed = view.logits.gather(-1, view.x0[..., None]).squeeze(-1) > float("-inf")
-            x0 = torch.where(allowed, view.x0, x0)
-            raw = torch.where(allowed, view.raw_confidence, raw)
-        view.x0, view.raw_confidence = x0, raw
-        view.confidence = raw.masked_fill(~view.masked, float("-inf"))
-        finite = torch.isfinite(view.logits).any(-1)
-        view.confidence = view.confidence.masked_fill(~finite, float("-inf"))
-        for modifier in self.modifiers:
-            view.confidence = modifier.rescore(view).masked_fill(~view.masked | ~finite, float("-inf"))
+            old = view.x0[rows, cols]
+            allowed = logits.gather(-1, old[:, None]).squeeze(-1) > float("-inf")
+            x0_new = torch.where(allowed, old, x0_new)
+            raw_new = torch.where(allowed, view.raw_confidence[rows, cols], raw_new)
+        view.x0, view.raw_confidence = view.x0.clone(), view.raw_confidence.clone()
+        view.x0[rows, cols], view.raw_confidence[rows, cols] = x0_new, raw_new
+        usable = view.masked[rows, cols] & torch.isfinite(logits).any(-1)
+        view.confidence = view.confidence.clone()
+        view.confidence[rows, cols] = raw_new.masked_fill(~usable, float("-inf"))
+        if self.modifiers:
+            finite = torch.isfinite(view.logits).any(-1)
+            view.confidence = view.raw_confidence.masked_fill(~view.masked | ~finite, float("-inf"))
+            for modifier in self.modifiers:
+                view.confidence = modifier.rescore(view).masked_fill(~view.masked | ~finite, float("-inf"))
 
     def _apply_bans(self, logits: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
         if not self.bans:
