@@ -147,8 +147,12 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     modifier_objs = _plugins(modifiers, args.modifiers, options)
     filter_objs = _plugins(filters, args.filters, options)
     grammar_filter = None
+    grammar_only = [k for k in ("grammar_backend", "open_end", "defer_eos") if k in options]
+    if grammar is None and grammar_only:
+        raise ValueError(f"{grammar_only[0]} is an option of grammar-constrained decoding: "
+                         "pass grammar= or schema= too")
     if grammar is not None:
-        mine = {k: options.pop(k) for k in ("grammar_backend", "open_end", "defer_eos") if k in options}
+        mine = {k: options.pop(k) for k in grammar_only}
         grammar_filter = filters.build("grammar", {"grammar": grammar, **mine})
         filter_objs.append(grammar_filter)  # after the user's filters: it checks what they let through
     sampler_obj = samplers.build(args.sampler, options)

@@ -134,6 +134,7 @@ def test_bad_input_errors_come_before_any_forward(tmp_path):
                    "longer than the canvas")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, schema=SCHEMA, grammar="json"), "not both")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, slot_length=3), "schema=")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, defer_eos=True), "defer_eos", "grammar=")
     assert calls == []
 
 
