@@ -228,3 +228,17 @@ def test_bans_with_sampling_and_a_modifier_keep_outputs_parseable_and_seeded():
     first, second = run(), run()
     check_outputs(first, load_grammar("json"))
     assert first.texts == second.texts
+
+
+def test_a_cell_with_every_token_banned_ends_its_row_as_stuck():
+    """With a rejection budget larger than the vocabulary the grammar can ban every token of one cell (here
+    two tiny-cot JSON rows at threshold 0). The next step must call such a row stuck, not mistake that cell's
+    all -inf logits for a broken model (it raised "non-finite logits" before)."""
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    examples = load_test_set("cot_json")
+    out = dllm.generate(model, [examples[12].prompt, examples[21].prompt], sampler="threshold", threshold=0.0,
+                        grammar="json", max_rejections=1000)
+    assert out.status == ["stuck", "stuck"]
+    check_outputs(out, load_grammar("json"))

@@ -166,6 +166,10 @@ class Engine:
             self.handed = None
             # handed-over logits come from a hypothesis forward, which already ran the logit processors
             logits = self._process(logits, span) if ran else self._apply_bans(logits, span)
+            if self.bans:  # a cell whose every token is banned can never be filled: its row is stuck
+                dead = masked & (logits.amax(-1) == float("-inf"))  # NaN (a broken model) stays NaN: not dead
+                masked = masked & ~dead
+                self._mark_stuck(dead.any(-1))
             draw = self._draw_flags(masked)
             x0, raw = propose_and_score(logits, settings.confidence, settings.temperature, self.generators_active,
                                         exclude=self.mask_id, draw=draw)
