@@ -326,14 +326,16 @@ class Engine:
             raw_new = torch.where(allowed, view.raw_confidence[rows, cols], raw_new)
         view.x0, view.raw_confidence = view.x0.clone(), view.raw_confidence.clone()
         view.x0[rows, cols], view.raw_confidence[rows, cols] = x0_new, raw_new
-        usable = view.masked[rows, cols] & torch.isfinite(logits).any(-1)
-        view.confidence = view.confidence.clone()
-        view.confidence[rows, cols] = raw_new.masked_fill(~usable, float("-inf"))
-        if self.modifiers:
-            finite = torch.isfinite(view.logits).any(-1)
-            view.confidence = view.raw_confidence.masked_fill(~view.masked | ~finite, float("-inf"))
-            for modifier in self.modifiers:
-                view.confidence = modifier.rescore(view).masked_fill(~view.masked | ~finite, float("-inf"))
+        if not self.modifiers:
+            usable = view.masked[rows, cols] & torch.isfinite(logits).any(-1)
+            view.confidence = view.confidence.clone()
+            view.confidence[rows, cols] = raw_new.masked_fill(~usable, float("-inf"))
+            return
+        # modifiers may rank each position against the others: they score the whole window again
+        finite = torch.isfinite(view.logits).any(-1)
+        view.confidence = view.raw_confidence.masked_fill(~view.masked | ~finite, float("-inf"))
+        for modifier in self.modifiers:
+            view.confidence = modifier.rescore(view).masked_fill(~view.masked | ~finite, float("-inf"))
 
     def _apply_bans(self, logits: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
         if not self.bans:

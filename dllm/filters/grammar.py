@@ -129,7 +129,7 @@ class GrammarFilter(Filter):
         offsets = (view.span[0] - view.gen_start).tolist()
         keep = commit_h.clone()
         veto = torch.zeros_like(commit_h)
-        retarget = False
+        retarget, host = False, None
         for b, count in enumerate(counts_h):
             if not count:
                 continue
@@ -142,7 +142,9 @@ class GrammarFilter(Filter):
                 memo[tuple(p for p, k in zip(pairs, kept) if k)] = ([True] * sum(kept), [False] * sum(kept))
             kept, vetoed = memo[pairs]
             if not any(kept) and not any(vetoed):  # every commit was a deferred EOS: commit something else
-                extra = self._fallback(b, view, offsets[b], {w for w, _ in pairs})
+                if host is None:  # the window on the host, once per step and only when a fallback is needed
+                    host = view.confidence.cpu(), view.x0.cpu()
+                extra = self._fallback(b, *host, offsets[b], {w for w, _ in pairs})
                 if extra is not None:
                     w, t = extra
                     k, v = self._check_row(b, [(w + offsets[b], t)])
@@ -233,16 +235,16 @@ class GrammarFilter(Filter):
             return scratch, False, False
         return scratch, False, True
 
-    def _fallback(self, b: int, view: StepView, offset: int, tried: set[int]) -> tuple[int, int] | None:
+    def _fallback(self, b: int, confidence: torch.Tensor, x0: torch.Tensor, offset: int,
+                  tried: set[int]) -> tuple[int, int] | None:
         """The row's most confident candidate (window column, proposal) that is not a deferred EOS: what the
-        row commits when every commit the sampler chose was a deferred EOS (progress, one per step)."""
+        row commits when every commit the sampler chose was a deferred EOS (progress, one per step).
+        ``confidence`` and ``x0`` are the step's [B, W] window on the host."""
         state = self.states[b]
-        confidence = view.confidence[b].cpu()
-        x0 = view.x0[b].cpu()
-        for w in torch.sort(confidence, descending=True, stable=True).indices.tolist():
-            if not bool(torch.isfinite(confidence[w])):
+        for w in torch.sort(confidence[b], descending=True, stable=True).indices.tolist():
+            if not bool(torch.isfinite(confidence[b, w])):
                 return None
-            tok = int(x0[w])
+            tok = int(x0[b, w])
             if w not in tried and not self._deferred(state.cells, w + offset, self.oracle.code(tok)):
                 return w, tok
         return None

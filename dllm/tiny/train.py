@@ -22,6 +22,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ class Recipe:
     def task_list(self) -> tuple[str, ...]:
         return _names(self.tasks)
 
-    @property
+    @cached_property
     def options(self) -> dict:
         """``task_options`` parsed (task -> generator keywords); one-line error when it is not such JSON."""
         try:
@@ -491,11 +492,11 @@ def build_run(recipe: Recipe):
 
 
 def _from_checkpoint(recipe: Recipe, path: Path):
-    """The run's pieces from a LLaDA-format checkpoint this recipe wrote (the ``--init`` of a later stage)."""
-    from safetensors.torch import load_file
+    """The run's pieces from a LLaDA-format checkpoint this recipe wrote (the ``--init`` of a later stage); the
+    weights come through ``dllm.load``, the same loader every checkpoint goes through."""
     from tokenizers import Tokenizer
 
-    from ..models.families import checkpoint_name, family_by_name
+    from ..models.loader import load
 
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"--init {path}: no checkpoint there (point it at the --out of the earlier stage)")
@@ -508,9 +509,7 @@ def _from_checkpoint(recipe: Recipe, path: Path):
         raise ValueError(f"--init {path} has another architecture ({', '.join(differ)}): use the preset it was "
                          "trained with")
     net = build_network(config, recipe.seed)
-    weights = load_file(str(path / "model.safetensors"))
-    llada = family_by_name("llada")
-    net.load_state_dict({name: weights[checkpoint_name(llada, name)] for name in net.state_dict()})
+    net.load_state_dict(load(path, dtype=torch.float32, device="cpu").network.state_dict())
     return tokenizer, ids, config, net
 
 
@@ -558,7 +557,7 @@ def run(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, 
     from tqdm import tqdm
 
     check_output(out, resume)
-    recipe.options  # a malformed --task-options fails here, before anything is written
+    recipe.options  # parsed once here: a malformed --task-options fails before anything is written
     unknown = set(recipe.curriculum_task_list) - set(recipe.task_list)
     if unknown:
         raise ValueError(f"--curriculum-tasks {','.join(sorted(unknown))} not in --tasks: name a subset of "
