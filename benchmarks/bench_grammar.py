@@ -43,7 +43,8 @@ def schema_of(value) -> dict:
     return {"type": "integer" if isinstance(value, int) else "string"}
 
 
-def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict) -> dict:
+def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict,
+        exact_cells: int | None = None) -> dict:
     groups: list[list[int]] = []
     if variant in ("schema", "scaffold"):  # one schema per batch
         by_keys: dict[tuple, list[int]] = {}
@@ -66,6 +67,8 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
         elif variant == "scaffold":
             options.update(schema=schema_of(json.loads(examples[idx[0]].target)),
                            slot_length=slot_length)
+        if variant != "free" and exact_cells is not None:
+            options["exact_cells"] = exact_cells
         started = time.perf_counter()
         out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, **options)
         seconds += time.perf_counter() - started
@@ -115,6 +118,11 @@ def main() -> None:
     parser.add_argument("--slot-length", type=slot_lengths, default="string=3,integer=2",
                         help="scaffold slot cells per value type (tiny's tokenizer writes a one-token string value "
                              "and its separator in 3 cells)")
+    parser.add_argument("--variants", nargs="+", default=["free", "json", "schema", "scaffold"],
+                        choices=["free", "json", "schema", "scaffold"])
+    parser.add_argument("--exact-cells", type=int, default=None,
+                        help="the grammar filter's exact_cells (gaps of at most this many masks are checked token "
+                             "by token; 0 = length-blind); default: the library's")
     args = parser.parse_args()
     model = dllm.load(args.model)
     examples = load_test_set(args.task)[:args.limit]
@@ -124,8 +132,8 @@ def main() -> None:
           f"{'tok/s':>7} {'wall s':>7} {'ratio':>6} {'stuck':>5}")
     for threshold in args.thresholds:
         base = None
-        for variant in ("free", "json", "schema", "scaffold"):
-            r = run(model, examples, threshold, variant, args.batch, args.slot_length)
+        for variant in args.variants:
+            r = run(model, examples, threshold, variant, args.batch, args.slot_length, args.exact_cells)
             base = base or r["wall"]
             print(f"{threshold:>9} {variant:>9} {r['parse']:>6.1%} {r['parse_w']:>8.1%} {r['valid']:>6.1%} {r['exact']:>6.1%} "
                   f"{r['nfe']:>6.2f} {r['tpf']:>6.2f} {r['tps']:>7.0f} {r['wall']:>7.2f} {r['wall'] / base:>6.2f} "

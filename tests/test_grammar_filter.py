@@ -161,14 +161,21 @@ def test_an_eos_waits_until_the_cells_before_it_are_filled():
     last, tail = len(text), len(text) + 1
     deferring = _attached_filter(model, region, defer_eos=True)
     # EOS first in confidence order, then the closing token before it: the EOS waits, then lands in the same step
-    assert deferring._check_row(0, [(tail, eos), (last, close[0])]) == ([True, True], [False, False])
+    assert deferring._check_row(0, [(tail, eos), (last, close[0])])[:2] == ([True, True], [False, False])
     assert deferring.deferrals == {0: 0}
     # the EOS alone: deferred (neither kept nor banned), counted
-    assert deferring._check_row(0, [(tail, eos)]) == ([False], [False])
+    assert deferring._check_row(0, [(tail, eos)])[:2] == ([False], [False])
     assert deferring.deferrals == {0: 1}
-    # without deferral the plain oracle accepts it: a gap stands for any string, whatever its length
+    # without deferral the oracle accepts it: the one cell before it can still hold the "}"
     plain = _attached_filter(model, region)  # the default
-    assert plain._check_row(0, [(tail, eos)]) == ([True], [False])
+    assert plain._check_row(0, [(tail, eos)])[:2] == ([True], [False])
+    # one cell cannot hold "]}" (two tokens here): the exact gap rejects that EOS, a length-blind one does not
+    nested = model.tokenizer.encode('{"a": [12', add_special_tokens=False)
+    assert len(model.tokenizer.encode("]}", add_special_tokens=False)) == 2
+    region = nested + [mask, mask, mask]
+    tail = len(nested) + 1
+    assert _attached_filter(model, region)._check_row(0, [(tail, eos)])[:2] == ([False], [True])
+    assert _attached_filter(model, region, exact_cells=0)._check_row(0, [(tail, eos)])[:2] == ([True], [False])
 
 
 def test_deferred_eos_rows_still_progress_and_parse():
@@ -232,13 +239,51 @@ def test_bans_with_sampling_and_a_modifier_keep_outputs_parseable_and_seeded():
 
 def test_a_cell_with_every_token_banned_ends_its_row_as_stuck():
     """With a rejection budget larger than the vocabulary the grammar can ban every token of one cell (here
-    two tiny-cot JSON rows at threshold 0). The next step must call such a row stuck, not mistake that cell's
+    two tiny-cot JSON rows at threshold 0, with length-blind gaps). The next step must call such a row stuck, not mistake that cell's
     all -inf logits for a broken model (it raised "non-finite logits" before)."""
     from dllm.tiny.tasks import load_test_set
 
     model = dllm.load("tiny-cot")
     examples = load_test_set("cot_json")
     out = dllm.generate(model, [examples[12].prompt, examples[21].prompt], sampler="threshold", threshold=0.0,
-                        grammar="json", max_rejections=1000)
+                        grammar="json", max_rejections=1000, exact_cells=0)
     assert out.status == ["stuck", "stuck"]
     check_outputs(out, load_grammar("json"))
+
+
+def test_a_cell_rejected_force_after_times_takes_the_witness_token():
+    """Between '[12' and '}' only a closing bracket fits; after ``force_after`` rejections at that cell the
+    filter lands the witness's token there instead of vetoing again."""
+    model = dllm.load("tiny")
+    eos, mask = model.eos_ids[0], model.mask_id
+    enc = lambda s: model.tokenizer.encode(s, add_special_tokens=False)
+    region = enc('{"a": [12') + [mask] + enc("}") + [eos]
+    cell = len(enc('{"a": [12'))
+    grammar_filter = _attached_filter(model, region, force_after=2)
+    comma, five = enc(",")[0], enc("5")[0]
+    assert grammar_filter._check_row(0, [(cell, comma)]) == ([False], [True], [comma])
+    kept, vetoed, landing = grammar_filter._check_row(0, [(cell, five)])
+    assert kept == [True] and vetoed == [False] and landing[0] != five
+    assert model.tokenizer.decode(landing) .strip() == "]"
+    assert grammar_filter.forced == {0: 1}
+    never = _attached_filter(model, region, force_after=0)
+    for token in (comma, five, comma):
+        assert never._check_row(0, [(cell, token)])[:2] == ([False], [True])
+
+
+def test_rows_stuck_at_threshold_zero_finish_with_forced_cells():
+    """Two tiny-cot JSON rows that ended stuck at threshold 0 (length-blind gaps, budget 100) finish and parse
+    with the defaults (token-exact short gaps, forcing after 3 rejections at a cell)."""
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    examples = load_test_set("cot_json")
+    prompts = [examples[12].prompt, examples[21].prompt]
+    blind = dllm.generate(model, prompts, sampler="threshold", threshold=0.0, grammar="json", exact_cells=0,
+                          force_after=0)
+    assert blind.status == ["stuck", "stuck"]
+    out = dllm.generate(model, prompts, sampler="threshold", threshold=0.0, grammar="json")
+    assert out.status == ["eos", "eos"] and sum(out.stats.counters["grammar_forced"]) > 0
+    check_outputs(out, load_grammar("json"))
+    for text in out.texts:
+        json.loads(text)

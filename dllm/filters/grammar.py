@@ -59,10 +59,16 @@ class GrammarFilter(Filter):
     grammar_backend: str | None = None  # "numba" | "python" | None (auto)
     open_end: bool = False  # True: no EOS = the output may continue past the region (the reference's mode)
     defer_eos: bool = False  # True: an EOS lands only once every cell before it is filled (see ``_deferred``)
+    exact_cells: int = 4  # gaps of at most this many masks are checked token by token (0: length-blind gaps)
+    force_after: int = 3  # rejections at one cell of such a gap before it takes the witness's token (0: never)
 
     def validate(self) -> None:
         if self.grammar_backend not in (None, "numba", "python", "auto"):
             raise ValueError(f"grammar_backend must be 'numba', 'python' or 'auto' (got {self.grammar_backend!r})")
+        if isinstance(self.exact_cells, bool) or not isinstance(self.exact_cells, int) or self.exact_cells < 0:
+            raise ValueError(f"exact_cells must be an integer >= 0 (got {self.exact_cells!r}); 0 = length-blind gaps")
+        if isinstance(self.force_after, bool) or not isinstance(self.force_after, int) or self.force_after < 0:
+            raise ValueError(f"force_after must be an integer >= 0 (got {self.force_after!r}); 0 = never force")
         from ..grammars import load_grammar
 
         self.compiled = load_grammar(self.grammar)  # syntax errors, empty languages, schema keywords: now
@@ -76,10 +82,11 @@ class GrammarFilter(Filter):
 
         if not hasattr(self, "compiled"):
             self.validate()
-        key = (id(model.tokenizer), model.mask_id, tuple(eos_ids))
+        key = (id(model.tokenizer), model.mask_id, tuple(eos_ids), self.exact_cells)
         if getattr(self, "_oracle_key", None) != key:
             self.oracle = Oracle(self.compiled, model.tokenizer, mask_id=model.mask_id, eos_ids=eos_ids,
-                                 backend=self.grammar_backend, open_end=self.open_end)
+                                 backend=self.grammar_backend, open_end=self.open_end,
+                                 exact_cells=self.exact_cells)
             self._oracle_key = key
             excluded = torch.from_numpy(self.oracle.excluded.copy())
             if excluded.shape[0] < model.vocab_size:
@@ -101,6 +108,7 @@ class GrammarFilter(Filter):
         self.ends = list(ends)
         self.conflicts: dict[int, int] = {}  # caller row -> conflicts dropped
         self.deferrals: dict[int, int] = {}  # caller row -> EOS commits deferred (``_deferred``)
+        self.forced: dict[int, int] = {}  # caller row -> cells given the witness's token (``_force``)
         self.seconds = 0.0
         self._epoch, self._memo = 0, {}
 
@@ -137,20 +145,27 @@ class GrammarFilter(Filter):
             pairs = tuple((w, int(tokens_h[b, w])) for w in cols)
             memo = self._memo.setdefault(b, {})
             if pairs not in memo:
-                kept, vetoed = self._check_row(b, [(w + offsets[b], t) for w, t in pairs])
-                memo[pairs] = (kept, vetoed)
-                memo[tuple(p for p, k in zip(pairs, kept) if k)] = ([True] * sum(kept), [False] * sum(kept))
-            kept, vetoed = memo[pairs]
+                kept, vetoed, landing = self._check_row(b, [(w + offsets[b], t) for w, t in pairs])
+                memo[pairs] = (kept, vetoed, landing)
+                if landing == [t for _, t in pairs]:
+                    memo[tuple(p for p, k in zip(pairs, kept) if k)] = ([True] * sum(kept), [False] * sum(kept),
+                                                                         [t for (_, t), k in zip(pairs, kept) if k])
+            kept, vetoed, landing = memo[pairs]
+            for (w, t), t_new in zip(pairs, landing):
+                if t_new != t:  # a forced cell (``_force``) takes the witness's token
+                    tokens_h[b, w] = t_new
+                    retarget = True
+            pairs = tuple((w, t_new) for (w, _), t_new in zip(pairs, landing))
             if not any(kept) and not any(vetoed):  # every commit was a deferred EOS: commit something else
                 if host is None:  # the window on the host, once per step and only when a fallback is needed
                     host = view.confidence.cpu(), view.x0.cpu()
                 extra = self._fallback(b, *host, offsets[b], {w for w, _ in pairs})
                 if extra is not None:
                     w, t = extra
-                    k, v = self._check_row(b, [(w + offsets[b], t)])
-                    pairs, kept, vetoed = pairs + (extra,), kept + k, vetoed + v
+                    k, v, t_new = self._check_row(b, [(w + offsets[b], t)])
+                    pairs, kept, vetoed = pairs + ((w, t_new[0]),), kept + k, vetoed + v
                     commit_h[b, w] = True
-                    tokens_h[b, w] = t
+                    tokens_h[b, w] = t_new[0]
                     retarget = True
             for (w, _), k, v in zip(pairs, kept, vetoed):
                 keep[b, w] = k
@@ -184,11 +199,13 @@ class GrammarFilter(Filter):
         before = cells[:pos]
         return not (before == EOS).any() and bool((before == MASK).any())
 
-    def _check_row(self, b: int, pairs: list[tuple[int, int]]) -> tuple[list[bool], list[bool]]:
-        """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags.
+    def _check_row(self, b: int, pairs: list[tuple[int, int]]) -> tuple[list[bool], list[bool], list[int]]:
+        """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags, and
+        the token that lands at each (the proposal, or the witness's token at a forced cell, ``_force``).
         Deferred EOS commits (``_deferred``) are retried, in position order, after the others."""
         state, oracle = self.states[b], self.oracle
         kept, vetoed = [False] * len(pairs), [False] * len(pairs)
+        landing = [t for _, t in pairs]
         scratch = None  # the row's canvas plus this step's accepted tokens
         waiting = []
         for i, (pos, tok) in enumerate(pairs):
@@ -196,44 +213,69 @@ class GrammarFilter(Filter):
                 waiting.append(i)
                 self.deferrals[self.caller[b]] = self.deferrals.get(self.caller[b], 0) + 1
                 continue
-            scratch, kept[i], vetoed[i] = self._check_pair(b, pos, tok, scratch)
+            scratch, kept[i], vetoed[i], landing[i] = self._check_pair(b, pos, tok, scratch)
             if vetoed[i]:  # the row re-selects anyway: leave the rest for then
-                return kept, vetoed
+                return kept, vetoed, landing
         for i in sorted(waiting, key=lambda i: pairs[i][0]):
             pos, tok = pairs[i]
             if not self._deferred(state.cells if scratch is None else scratch, pos, EOS):
                 self.deferrals[self.caller[b]] -= 1
-                scratch, kept[i], vetoed[i] = self._check_pair(b, pos, tok, scratch)
+                scratch, kept[i], vetoed[i], landing[i] = self._check_pair(b, pos, tok, scratch)
                 if vetoed[i]:
                     break
-        return kept, vetoed
+        return kept, vetoed, landing
 
     def _check_pair(self, b: int, pos: int, tok: int, scratch):
-        """(scratch canvas after it, kept, vetoed) for one commit checked against ``scratch`` (None: the
-        row's standing canvas); a commit feasible alone but not after this step's earlier ones is a
-        conflict: dropped, not vetoed."""
+        """(scratch canvas after it, kept, vetoed, token that lands) for one commit checked against
+        ``scratch`` (None: the row's standing canvas); a commit feasible alone but not after this step's
+        earlier ones is a conflict: dropped, not vetoed. A rejection at a cell rejected ``force_after`` times
+        lands the witness's token instead (``_force``)."""
         state, oracle = self.states[b], self.oracle
         code = oracle.code(tok)
         cells = state.cells if scratch is None else scratch
         if code == EOS and (cells[:pos] == EOS).any() and (scratch is not None or state.feasible()):
             scratch = state.cells.copy() if scratch is None else scratch  # an EOS after the end changes nothing
             scratch[pos] = code
-            return scratch, True, False
+            return scratch, True, False, tok
         if scratch is None:
-            if not state.allows(pos, tok):
-                return None, False, True
-            scratch = state.cells.copy()
-            scratch[pos] = code
-            return scratch, True, False
-        cand = scratch.copy()
-        cand[pos] = code
-        state.checks += 1
-        if not oracle.excluded[tok] and oracle.status_cells(cand) == 1:
-            return cand, True, False
-        if state.allows(pos, tok):  # fine alone: a conflict with an earlier token of this step
-            self.conflicts[self.caller[b]] = self.conflicts.get(self.caller[b], 0) + 1
-            return scratch, False, False
-        return scratch, False, True
+            if state.allows(pos, tok):
+                scratch = state.cells.copy()
+                scratch[pos] = code
+                return scratch, True, False, tok
+        else:
+            cand = scratch.copy()
+            cand[pos] = code
+            state.checks += 1
+            if not oracle.excluded[tok] and oracle.status_cells(cand) == 1:
+                return cand, True, False, tok
+            if state.allows(pos, tok):  # fine alone: a conflict with an earlier token of this step
+                self.conflicts[self.caller[b]] = self.conflicts.get(self.caller[b], 0) + 1
+                return scratch, False, False, tok
+        forced = self._force(b, pos, cells)
+        if forced is None:
+            return scratch, False, True, tok
+        cand = cells.copy()
+        cand[pos] = oracle.code(forced)
+        return cand, True, False, forced
+
+    def _force(self, b: int, pos: int, cells) -> int | None:
+        """The token of the oracle's witness completion at ``pos`` once the cell has collected
+        ``force_after`` rejections and lies in a gap the oracle checks token by token (else None).
+
+        Why: where few tokens fit (``"sizes [ [7, 24`` + one mask + `` " "``: one token of 897 on tiny-cot)
+        and the model keeps proposing others, ban-and-re-select walks down the model's ranking one check at a
+        time; at threshold 0 on tiny-cot JSON rows collected up to 1,741 rejections and most ended stuck at
+        the default budget of 100. The witness is a completion of the current canvas, so its token keeps
+        the row completable; it is the grammar's choice, not the model's, and is counted in
+        ``grammar_forced``."""
+        state = self.states[b]
+        if not self.force_after or state.rejected_at.get(pos, 0) < self.force_after:
+            return None
+        chosen = self.oracle.witness_tokens(cells)
+        token = None if chosen is None else chosen.get(pos)
+        if token is not None:
+            self.forced[self.caller[b]] = self.forced.get(self.caller[b], 0) + 1
+        return token
 
     def _fallback(self, b: int, confidence: torch.Tensor, x0: torch.Tensor, offset: int,
                   tried: set[int]) -> tuple[int, int] | None:
@@ -296,6 +338,7 @@ class GrammarFilter(Filter):
         stats.counters["grammar_cap_hits"] = [s.cap_hits for s in states]
         stats.counters["grammar_conflicts"] = [self.conflicts.get(r, 0) for r in rows]
         stats.counters["grammar_deferrals"] = [self.deferrals.get(r, 0) for r in rows]
+        stats.counters["grammar_forced"] = [self.forced.get(r, 0) for r in rows]
         stats.counters["grammar_seconds"] = [self.seconds]
         for row, state in zip(rows, states):
             if row < len(stats.status) and stats.status[row] == "stuck" and not state.complete:
@@ -308,4 +351,5 @@ class GrammarFilter(Filter):
     def describe(self) -> dict:
         grammar = self.grammar if isinstance(self.grammar, (str, dict)) else type(self.grammar).__name__
         return {"filter": self.name, "grammar": grammar, "grammar_backend": self.grammar_backend,
-                "open_end": self.open_end, "defer_eos": self.defer_eos}
+                "open_end": self.open_end, "defer_eos": self.defer_eos, "exact_cells": self.exact_cells,
+                "force_after": self.force_after}

@@ -53,9 +53,12 @@ MASK = -1
 EOS = -2
 
 
-def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx):
+def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
+              c_step, c_final, c_live, c_byte, max_cells):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
+    n_cs = c_final.shape[0]
+    n_cls = c_byte.shape[0]
     L = cells.shape[0]
     e = L
     for j in range(L):
@@ -66,44 +69,129 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     empty_b = np.zeros(0, dtype=np.uint8)
     for j in range(e + 1, L):
         if cells[j] >= 0:
-            return 0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_i, empty_i, empty_b, empty_b
-    B = 0
-    for j in range(e):
+            return (0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
+                    empty_i, empty_i, empty_b, empty_b, empty_i)
+    # ---- the canvas as a DAG of byte edges: count, then lay out
+    cell_edges = 0
+    for a in range(n_cs):
+        for c in range(n_cls):
+            t = c_step[a * n_cls + c]
+            if t >= 0:
+                cell_edges += np.int64(c_live[t]) + np.int64(c_final[t])
+    N = 1
+    M = 0
+    j = 0
+    while j < e:
+        if cells[j] >= 0:
+            N += tok_off[cells[j] + 1] - tok_off[cells[j]]
+            M += tok_off[cells[j] + 1] - tok_off[cells[j]]
+            j += 1
+        else:
+            k = j
+            while k < e and cells[k] == -1:
+                k += 1
+            if k - j <= max_cells and not (k == L and open_end):
+                N += (k - j) * n_cs
+                M += (k - j) * cell_edges
+            j = k
+    d_src = np.empty(M, dtype=np.int32)
+    d_dst = np.empty(M, dtype=np.int32)
+    d_byte = np.empty(M, dtype=np.uint8)
+    d_cell = np.full(M, -1, dtype=np.int32)
+    d_gap = np.zeros(N, dtype=np.uint8)
+    is_end = np.zeros(N, dtype=np.uint8)
+    u = 0
+    m = 0
+    j = 0
+    while j < e:
         c = cells[j]
         if c >= 0:
-            B += tok_off[c + 1] - tok_off[c]
-    buf = np.zeros(B, dtype=np.uint8)
-    gap = np.zeros(B + 1, dtype=np.uint8)
-    cur = 0
-    for j in range(e):
-        c = cells[j]
-        if c == -1:
-            gap[cur] = 1
-        else:
             for k in range(tok_off[c], tok_off[c + 1]):
-                buf[cur] = tok_data[k]
-                cur += 1
+                d_src[m] = u
+                d_dst[m] = u + 1
+                d_byte[m] = tok_data[k]
+                m += 1
+                u += 1
+            j += 1
+            continue
+        k = j
+        while k < e and cells[k] == -1:
+            k += 1
+        if k - j <= max_cells and not (k == L and open_end):
+            # one copy of the cell automaton per cell: node J_i + a is state a of cell i (a = 0: junction)
+            for i in range(k - j):
+                if k == e:
+                    is_end[u] = 1  # masks before an end of output may all be EOS
+                for a in range(n_cs):
+                    for cl in range(n_cls):
+                        t = c_step[a * n_cls + cl]
+                        if t >= 0:
+                            if c_live[t]:
+                                d_src[m] = u + a
+                                d_dst[m] = u + t
+                                d_byte[m] = c_byte[cl]
+                                d_cell[m] = j + i
+                                m += 1
+                            if c_final[t]:
+                                d_src[m] = u + a
+                                d_dst[m] = u + n_cs
+                                d_byte[m] = c_byte[cl]
+                                d_cell[m] = j + i
+                                m += 1
+                u += n_cs
+        else:
+            d_gap[u] = 1  # any byte string, possibly empty
+        j = k
     if e == L and open_end:
-        gap[B] = 1
-    B1 = B + 1
-    stamp = np.zeros(n_gs * B1, dtype=np.int32)
-    estamp = np.zeros(n_terms * B1, dtype=np.int32)
-    reach = np.zeros(B1, dtype=np.uint8)
+        d_gap[u] = 1
+    is_end[u] = 1
+    d_ptr = np.zeros(N + 1, dtype=np.int32)
+    for k in range(M):
+        d_ptr[d_src[k] + 1] += 1
+    for v in range(N):
+        d_ptr[v + 1] += d_ptr[v]
+    # ---- sweep in node order, keeping every lexeme in progress as (origin node, global DFA state)
+    stamp = np.zeros(n_gs * N, dtype=np.int32)
+    estamp = np.zeros(n_terms * N, dtype=np.int32)
+    reach = np.zeros(N, dtype=np.uint8)
     reach[0] = 1
+    head = np.full(N, -1, dtype=np.int32)
+    pcap = 256
+    p_next = np.empty(pcap, dtype=np.int32)
+    p_o = np.empty(pcap, dtype=np.int32)
+    p_s = np.empty(pcap, dtype=np.int32)
+    npend = 0
     cap = 64
     act_o = np.empty(cap, dtype=np.int32)
     act_s = np.empty(cap, dtype=np.int32)
     nxt_o = np.empty(cap, dtype=np.int32)
     nxt_s = np.empty(cap, dtype=np.int32)
-    na = 0
     ecap = 256
     es = np.empty(ecap, dtype=np.int32)
     et = np.empty(ecap, dtype=np.int32)
     ed = np.empty(ecap, dtype=np.int32)
     ne = 0
     tick = 0
-    for i in range(B1):
-        if gap[i]:
+    for u in range(N):
+        tick += 1
+        na = 0
+        k = head[u]
+        while k >= 0:
+            key = p_s[k] * N + p_o[k]
+            if stamp[key] != tick:
+                stamp[key] = tick
+                if na == act_o.shape[0]:
+                    t1 = np.empty(2 * na, dtype=np.int32)
+                    t1[:na] = act_o[:na]
+                    act_o = t1
+                    t2 = np.empty(2 * na, dtype=np.int32)
+                    t2[:na] = act_s[:na]
+                    act_s = t2
+                act_o[na] = p_o[k]
+                act_s[na] = p_s[k]
+                na += 1
+            k = p_next[k]
+        if d_gap[u]:
             tick += 1
             nb = 0
             for k in range(na):
@@ -111,7 +199,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 s = act_s[k]
                 for ci in range(clo_ptr[s], clo_ptr[s + 1]):
                     s2 = clo_idx[ci]
-                    key = s2 * B1 + o
+                    key = s2 * N + o
                     if stamp[key] != tick:
                         stamp[key] = tick
                         if nb == nxt_o.shape[0]:
@@ -127,15 +215,15 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             act_o, nxt_o = nxt_o, act_o
             act_s, nxt_s = nxt_s, act_s
             na = nb
-        # lexemes completing at boundary i
+        # lexemes completing at node u
         for k in range(na):
             s = act_s[k]
             o = act_o[k]
-            if g_acc[s] and o != i:
+            if g_acc[s] and o != u:
                 t = g_term[s]
-                key = t * B1 + o
-                if estamp[key] != i + 1:
-                    estamp[key] = i + 1
+                key = t * N + o
+                if estamp[key] != u + 1:
+                    estamp[key] = u + 1
                     if ne == ecap:
                         ecap *= 2
                         t1 = np.empty(ecap, dtype=np.int32)
@@ -149,17 +237,17 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                         ed = t3
                     es[ne] = o
                     et[ne] = t
-                    ed[ne] = i
+                    ed[ne] = u
                     ne += 1
-                    reach[i] = 1
-        # lexemes starting at boundary i (inside the gap when i is a gap node)
-        if reach[i]:
+                    reach[u] = 1
+        # lexemes starting at node u (inside the gap when u is a loose gap)
+        if reach[u]:
             for t in range(n_terms):
                 s0 = g_start[t]
-                lo = clo_ptr[s0] if gap[i] else 0
-                hi = clo_ptr[s0 + 1] if gap[i] else 1
+                lo = clo_ptr[s0] if d_gap[u] else 0
+                hi = clo_ptr[s0 + 1] if d_gap[u] else 1
                 for ci in range(lo, hi):
-                    s2 = clo_idx[ci] if gap[i] else s0
+                    s2 = clo_idx[ci] if d_gap[u] else s0
                     if na == act_o.shape[0]:
                         t1 = np.empty(2 * na, dtype=np.int32)
                         t1[:na] = act_o[:na]
@@ -167,76 +255,81 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                         t2 = np.empty(2 * na, dtype=np.int32)
                         t2[:na] = act_s[:na]
                         act_s = t2
-                    act_o[na] = i
+                    act_o[na] = u
                     act_s[na] = s2
                     na += 1
-        if i == B:
-            break
-        b = buf[i]
-        tick += 1
-        nb = 0
-        if nxt_o.shape[0] < na:
-            nxt_o = np.empty(act_o.shape[0], dtype=np.int32)
-            nxt_s = np.empty(act_o.shape[0], dtype=np.int32)
-        for k in range(na):
-            s2 = g_step[act_s[k] * 256 + b]
-            if s2 >= 0:
-                o = act_o[k]
-                key = s2 * B1 + o
-                if stamp[key] != tick:
-                    stamp[key] = tick
-                    nxt_o[nb] = o
-                    nxt_s[nb] = s2
-                    nb += 1
-        act_o, nxt_o = nxt_o, act_o
-        act_s, nxt_s = nxt_s, act_s
-        na = nb
-    if not reach[B]:
-        return 0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_i, empty_i, buf, gap
-    co = np.zeros(B1, dtype=np.uint8)
-    co[B] = 1
+        # every lexeme in progress follows every byte edge leaving u
+        for ei in range(d_ptr[u], d_ptr[u + 1]):
+            v = d_dst[ei]
+            b = d_byte[ei]
+            for k in range(na):
+                s2 = g_step[act_s[k] * 256 + b]
+                if s2 >= 0:
+                    if npend == pcap:
+                        pcap *= 2
+                        t1 = np.empty(pcap, dtype=np.int32)
+                        t1[:npend] = p_next[:npend]
+                        p_next = t1
+                        t2 = np.empty(pcap, dtype=np.int32)
+                        t2[:npend] = p_o[:npend]
+                        p_o = t2
+                        t3 = np.empty(pcap, dtype=np.int32)
+                        t3[:npend] = p_s[:npend]
+                        p_s = t3
+                    p_o[npend] = act_o[k]
+                    p_s[npend] = s2
+                    p_next[npend] = head[v]
+                    head[v] = npend
+                    npend += 1
+    # ---- keep the nodes that are reached from node 0 and reach an end of output
+    co = np.zeros(N, dtype=np.uint8)
+    for v in range(N):
+        if is_end[v] and reach[v]:
+            co[v] = 1
     for k in range(ne - 1, -1, -1):
         if co[ed[k]]:
             co[es[k]] = 1
     if not co[0]:
-        return 0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_i, empty_i, buf, gap
-    newid = np.full(B1, -1, dtype=np.int32)
+        return (0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
+                d_ptr, d_dst, d_byte, d_gap, d_cell)
+    newid = np.full(N, -1, dtype=np.int32)
     n = 0
-    for v in range(B1):
+    for v in range(N):
         if co[v] and reach[v]:
             newid[v] = n
             n += 1
-    node_pos = np.empty(n, dtype=np.int32)
+    node_orig = np.empty(n, dtype=np.int32)
     node_gap = np.empty(n, dtype=np.uint8)
-    for v in range(B1):
+    node_end = np.empty(n, dtype=np.uint8)
+    for v in range(N):
         if newid[v] >= 0:
-            node_pos[newid[v]] = v
-            node_gap[newid[v]] = gap[v]
-    m = 0
+            node_orig[newid[v]] = v
+            node_gap[newid[v]] = d_gap[v]
+            node_end[newid[v]] = is_end[v]
+    kept = 0
     for k in range(ne):
         if co[ed[k]]:
-            m += 1
-    ks = np.empty(m, dtype=np.int32)
-    kt = np.empty(m, dtype=np.int32)
-    kd = np.empty(m, dtype=np.int32)
-    j = 0
+            kept += 1
+    ks = np.empty(kept, dtype=np.int32)
+    kt = np.empty(kept, dtype=np.int32)
+    kd = np.empty(kept, dtype=np.int32)
+    i = 0
     for k in range(ne):
         if co[ed[k]]:
-            ks[j] = newid[es[k]]
-            kt[j] = et[k]
-            kd[j] = newid[ed[k]]
-            j += 1
-    return 1, n, node_pos, node_gap, ks, kt, kd, empty_i, empty_i, buf, gap
+            ks[i] = newid[es[k]]
+            kt[i] = et[k]
+            kd[i] = newid[ed[k]]
+            i += 1
+    return 1, n, node_orig, node_gap, ks, kt, kd, node_end, d_ptr, d_dst, d_byte, d_gap, d_cell
 
 
-def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
+def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
            l_ptr, l_c, l_a, l_rule, r_ptr, r_c, r_a, r_rule, eps_a, eps_rule, want_bp, max_pops):
     """Numba kernel. Chart = two bitset views of the same triples: ``right[(A*n + p)*W + w]`` holds the
     right ends q of (p, A, q), ``left[(A*n + q)*W + w]`` the left ends p; a binary-rule scan is then a
     word-wise ``partner & ~already`` over set bits only. :func:`py_search` mirrors it step for step."""
     W = (n + 63) >> 6
     nn = n * n
-    goal = start_nt * nn + (n - 1)  # (0, S, n-1)
     right = np.zeros(n_nt * n * W, dtype=np.int64)
     left = np.zeros(n_nt * n * W, dtype=np.int64)
     size_bp = n_nt * nn if want_bp else 1
@@ -289,8 +382,8 @@ def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule
                 if want_bp:
                     bp_rule[idx] = rule
                     bp_aux[idx] = aux
-                if idx == goal:
-                    return 1, bp_rule, bp_aux
+                if a == start_nt and p == 0 and node_end[q]:
+                    return 1, bp_rule, bp_aux, idx
                 if sp == cap:
                     cap *= 2
                     t1 = np.empty(cap, dtype=np.int64)
@@ -304,7 +397,7 @@ def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule
         cur = stack[sp]
         pops += 1
         if pops > max_pops:
-            return 2, bp_rule, bp_aux
+            return 2, bp_rule, bp_aux, -1
         b = cur // nn
         rem = cur - b * nn
         p = rem // n
@@ -320,8 +413,8 @@ def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule
                 idx = a * nn + rem
                 if want_bp:
                     bp_rule[idx] = u_rule[j]
-                if idx == goal:
-                    return 1, bp_rule, bp_aux
+                if a == start_nt and p == 0 and node_end[q]:
+                    return 1, bp_rule, bp_aux, idx
                 if sp == cap:
                     cap *= 2
                     t1 = np.empty(cap, dtype=np.int64)
@@ -346,8 +439,8 @@ def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule
                     if want_bp:
                         bp_rule[idx] = l_rule[j]
                         bp_aux[idx] = q
-                    if idx == goal:
-                        return 1, bp_rule, bp_aux
+                    if a == start_nt and p == 0 and node_end[r]:
+                        return 1, bp_rule, bp_aux, idx
                     if sp == cap:
                         cap *= 2
                         t1 = np.empty(cap, dtype=np.int64)
@@ -372,8 +465,8 @@ def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule
                     if want_bp:
                         bp_rule[idx] = r_rule[j]
                         bp_aux[idx] = p
-                    if idx == goal:
-                        return 1, bp_rule, bp_aux
+                    if a == start_nt and r == 0 and node_end[q]:
+                        return 1, bp_rule, bp_aux, idx
                     if sp == cap:
                         cap *= 2
                         t1 = np.empty(cap, dtype=np.int64)
@@ -381,16 +474,15 @@ def search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule
                         stack = t1
                     stack[sp] = idx
                     sp += 1
-    return 0, bp_rule, bp_aux
+    return 0, bp_rule, bp_aux, -1
 
 
-def py_search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
+def py_search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
               l_ptr, l_c, l_a, l_rule, r_ptr, r_c, r_a, r_rule, eps_a, eps_rule, want_bp, max_pops):
     """Pure-Python mirror of :func:`search`: Python ints as bitsets, the same seed order, the same LIFO
     worklist, the same rule order and ascending partner order, the same early exit and work cap — so the
     answer *and* the back-pointers (hence the witness) are identical to the numba kernel's."""
     nn = n * n
-    goal = start_nt * nn + (n - 1)
     right = [0] * (n_nt * n)
     left = [0] * (n_nt * n)
     bp_rule: dict[int, int] = {}
@@ -420,15 +512,15 @@ def py_search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_r
             if want_bp:
                 bp_rule[idx] = rule
                 bp_aux[idx] = aux
-            if idx == goal:
-                return 1, bp_rule, bp_aux
+            if a == start_nt and p == 0 and node_end[q]:
+                return 1, bp_rule, bp_aux, idx
             stack.append(idx)
     pops = 0
     while stack:
         cur = stack.pop()
         pops += 1
         if pops > max_pops:
-            return 2, bp_rule, bp_aux
+            return 2, bp_rule, bp_aux, -1
         b, rem = divmod(cur, nn)
         p, q = divmod(rem, n)
         for j in range(u_ptr[b], u_ptr[b + 1]):
@@ -440,8 +532,8 @@ def py_search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_r
                 idx = a * nn + rem
                 if want_bp:
                     bp_rule[idx] = u_rule[j]
-                if idx == goal:
-                    return 1, bp_rule, bp_aux
+                if a == start_nt and p == 0 and node_end[q]:
+                    return 1, bp_rule, bp_aux, idx
                 stack.append(idx)
         for j in range(l_ptr[b], l_ptr[b + 1]):
             a = l_a[j]
@@ -459,8 +551,8 @@ def py_search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_r
                     if want_bp:
                         bp_rule[idx] = l_rule[j]
                         bp_aux[idx] = q
-                    if idx == goal:
-                        return 1, bp_rule, bp_aux
+                    if a == start_nt and p == 0 and node_end[r]:
+                        return 1, bp_rule, bp_aux, idx
                     stack.append(idx)
         for j in range(r_ptr[b], r_ptr[b + 1]):
             a = r_a[j]
@@ -478,10 +570,10 @@ def py_search(n, node_gap, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_r
                     if want_bp:
                         bp_rule[idx] = r_rule[j]
                         bp_aux[idx] = p
-                    if idx == goal:
-                        return 1, bp_rule, bp_aux
+                    if a == start_nt and r == 0 and node_end[q]:
+                        return 1, bp_rule, bp_aux, idx
                     stack.append(idx)
-    return 0, bp_rule, bp_aux
+    return 0, bp_rule, bp_aux, -1
 
 
 py_build_nfa = build_nfa

@@ -26,12 +26,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import kernels as K
+from .cells import cell_automaton
 from .grammar import Grammar, load_grammar
 from .tokens import TokenTable
 
 __all__ = ["Oracle", "OracleState"]
 
 _TABLES: dict[int, tuple[object, TokenTable]] = {}
+EXACT_CELLS = 4  # gaps of at most this many cells are unrolled token by token (see cells.py)
 
 
 def _token_table(tokenizer) -> TokenTable:
@@ -55,7 +57,8 @@ class Oracle:
 
     def __init__(self, grammar="json", tokenizer=None, *, mask_id: int | None = None,
                  eos_ids: Iterable[int] | None = None, backend: str | None = None, open_end: bool = False,
-                 max_pops: int = 20_000_000, token_table: "TokenTable | list[bytes | None] | None" = None):
+                 max_pops: int = 20_000_000, token_table: "TokenTable | list[bytes | None] | None" = None,
+                 exact_cells: int = EXACT_CELLS):
         self.grammar: Grammar = load_grammar(grammar)
         if token_table is not None:
             self.tokens = token_table if isinstance(token_table, TokenTable) else TokenTable(table=list(token_table))
@@ -80,6 +83,14 @@ class Oracle:
                 self.excluded[e] = False
         if 0 <= self.mask_id < len(self.excluded):
             self.excluded[self.mask_id] = True
+        if isinstance(exact_cells, bool) or not isinstance(exact_cells, int) or exact_cells < 0:
+            raise ValueError(f"exact_cells must be an integer >= 0 (got {exact_cells!r})")
+        self.exact_cells = exact_cells
+        allowed = ~self.excluded
+        for e in self.eos_ids:
+            if 0 <= e < len(allowed):
+                allowed[e] = False
+        self.cell = cell_automaton(self.grammar.arrays["g_step"], self.tokens.table, allowed)
         self._code = np.arange(len(self.tokens), dtype=np.int32)
         for e in self.eos_ids:
             if 0 <= e < len(self._code):
@@ -101,8 +112,10 @@ class Oracle:
     # ------------------------------------------------------------------ checks on raw cell arrays
     def _nfa(self, cells: np.ndarray):
         ar = self.grammar.arrays
+        c = self.cell
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
-                           ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"])
+                           ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
+                           c.class_byte, self.exact_cells)
 
     def _run(self, cells: np.ndarray, want_bp: bool):
         res = self._nfa(cells)
@@ -111,7 +124,7 @@ class Oracle:
         g = self.grammar
         ar = g.arrays
         n = res[1]
-        out = self._search(n, res[3], res[4], res[5], res[6], g.n_nonterminals, g.start_nt,
+        out = self._search(n, res[3], res[7], res[4], res[5], res[6], g.n_nonterminals, g.start_nt,
                            ar["t_ptr"], ar["t_a"], ar["t_rule"], ar["u_ptr"], ar["u_a"], ar["u_rule"],
                            ar["l_ptr"], ar["l_c"], ar["l_a"], ar["l_rule"], ar["r_ptr"], ar["r_c"], ar["r_a"],
                            ar["r_rule"], ar["eps_a"], ar["eps_rule"], want_bp, self.max_pops)
@@ -132,10 +145,20 @@ class Oracle:
 
     def witness_cells(self, cells: np.ndarray) -> bytes | None:
         """A completion: the output bytes (up to end of output) with every gap filled, or None."""
+        found = self._witness(cells)
+        return None if found is None else found[0]
+
+    def witness_tokens(self, cells: np.ndarray) -> dict[int, int] | None:
+        """{cell index: token id} of one completion for every masked cell in a gap of at most
+        ``exact_cells`` masks (longer gaps are filled with text, not tokens), or None when infeasible."""
+        found = self._witness(cells)
+        return None if found is None else found[1]
+
+    def _witness(self, cells: np.ndarray):
         status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True)
         if status != 1:
             return None
-        return _realize(self.grammar, res, out, self._space_ok())
+        return _realize(self.grammar, res, out, self._space_ok(), self.cell, self.tokens.table)
 
     def witness(self, tokens: Sequence[int]) -> bytes | None:
         return self.witness_cells(self.encode(tokens))
@@ -166,6 +189,7 @@ class OracleState:
         self.cells = cells
         self.rejected: set[tuple[int, int]] = set()
         self.rejections = 0
+        self.rejected_at: dict[int, int] = {}  # position -> rejections there
         self.checks = 0
         self.cap_hits = 0
         self._memo: dict[tuple[int, int], bool] = {}
@@ -209,6 +233,7 @@ class OracleState:
         else:
             self.rejected.add(key)
             self.rejections += 1
+            self.rejected_at[key[0]] = self.rejected_at.get(key[0], 0) + 1
         return ok
 
     def commit(self, position: int, token_id: int, check: bool = False) -> bool:
@@ -267,12 +292,16 @@ class OracleState:
 _WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
-def _realize(g: Grammar, res, out, space_ok: bool) -> bytes:
-    _, n, node_pos, node_gap, es, et, ed, _, _, buf, gap = res
-    _, bpr, bpa = out
+def _realize(g: Grammar, res, out, space_ok: bool, cell, table) -> tuple[bytes, dict[int, int]]:
+    """Follow the back-pointers from the goal triple, spell every lexeme along the canvas DAG, then give
+    each unrolled cell a real token with the same class string. Returns the bytes and {cell: token id}."""
+    node_orig, ks, kt, kd = res[2], res[4], res[5], res[6]
+    d_gap = res[11]
+    n = res[1]
+    _, bpr, bpa, goal = out
     nn = n * n
     items: list[tuple] = []
-    stack = [(g.start_nt, 0, n - 1)]
+    stack = [(g.start_nt, 0, int(goal) % n)]  # the goal triple is (0, S, q) for an end node q
     while stack:
         a, p, q = stack.pop()
         idx = a * nn + p * n + q
@@ -289,56 +318,93 @@ def _realize(g: Grammar, res, out, space_ok: bool) -> bytes:
             s = int(bpa[idx])
             stack.append((y, s, q))
             stack.append((x, p, s))
-    chunks: list[tuple[bytes, int, int]] = []  # (bytes, start boundary, end boundary)
+    pieces: list[tuple[bytes, int]] = []   # (bytes, cell index of an unrolled cell or -1)
+    prev_word = False
     for it in items:
         if it[0] == "edge":
             k = it[1]
-            o, w, t = int(node_pos[es[k]]), int(node_pos[ed[k]]), int(et[k])
-            chunks.append((_realize_lexeme(g.terminals[t], o, w, buf, gap), o, w))
+            o, w = int(node_orig[ks[k]]), int(node_orig[kd[k]])
+            chunk = _spell_lexeme(g, int(kt[k]), o, w, res)
+            at_gap = bool(d_gap[o])
         else:
             _, a, node = it
-            b = int(node_pos[node])
-            for t in g.shortest_terminals(a):
-                chunks.append((g.terminals[t].shortest(0), b, b))
-    pieces: list[bytes] = []
-    prev = None
-    for data, s, e in chunks:
-        if (space_ok and prev is not None and data and prev[0] and gap[s]
-                and prev[0][-1] in _WORD and data[0] in _WORD):
-            pieces.append(b" ")
-        pieces.append(data)
-        prev = (data, s, e) if data else prev
-    return b"".join(pieces)
+            chunk = [(g.terminals[t].shortest(0), -1) for t in g.shortest_terminals(a)]
+            at_gap = True
+        for data, tag in chunk:
+            if not data:
+                continue
+            if space_ok and at_gap and prev_word and data[0] in _WORD:
+                pieces.append((b" ", -1))
+            pieces.append((data, tag))
+            prev_word = data[-1] in _WORD
+            at_gap = at_gap and it[0] == "loop"
+    # unrolled cells: class string -> the bytes of one real token
+    text = bytearray()
+    chosen: dict[int, int] = {}
+    i = 0
+    while i < len(pieces):
+        data, tag = pieces[i]
+        if tag < 0:
+            text += data
+            i += 1
+            continue
+        run = bytearray()
+        while i < len(pieces) and pieces[i][1] == tag:
+            run += pieces[i][0]
+            i += 1
+        token = cell.tokens_by_class.get(tuple(int(cell.byte_class[b]) for b in run))
+        if token is None:  # pragma: no cover - every unrolled path spells some token's class string
+            raise RuntimeError("witness: an unrolled cell spells no token")
+        chosen[tag] = token
+        text += table[token]
+    return bytes(text), chosen
 
 
-def _realize_lexeme(term, o: int, w: int, buf, gap) -> bytes:
-    """Bytes of one lexeme of ``term`` spanning boundaries o..w: the fixed bytes in between, and for every
-    gap boundary touched a shortest byte string that keeps the DFA on an accepting path."""
-    tab, clo = term.table, term.closure
-    pre: list[set[int]] = [set() for _ in range(w - o + 1)]
-    post: list[set[int]] = [set() for _ in range(w - o + 1)]
-    pre[0] = {0}
-    for i in range(o, w + 1):
-        k = i - o
-        if i > o:
-            b = int(buf[i - 1])
-            pre[k] = {int(tab[s, b]) for s in post[k - 1] if tab[s, b] >= 0}
-        post[k] = {c for s in pre[k] for c in clo[s]} if gap[i] else set(pre[k])
-    state = min(s for s in post[w - o] if term.accept[s])
-    fills: dict[int, bytes] = {}
-    for i in range(w, o - 1, -1):
-        k = i - o
-        if gap[i]:
-            src = next(s for s in sorted(pre[k]) if state in clo[s])
-            fills[i] = term.shortest(src, state) or b""
-            state = src
-        if i == o:
+def _spell_lexeme(g: Grammar, t: int, o: int, w: int, res) -> list[tuple[bytes, int]]:
+    """Bytes of one lexeme of terminal ``t`` from DAG node o to w, as (bytes, cell tag) pieces: a forward
+    search over (node, DFA state) along byte edges, widening through the closure at loose gaps (the same
+    order of events as the sweep in ``kernels.build_nfa``)."""
+    ar = g.arrays
+    step, acc, clo_ptr, clo_idx = ar["g_step"], ar["g_acc"], ar["clo_ptr"], ar["clo_idx"]
+    d_ptr, d_dst, d_byte, d_gap, d_cell = res[8], res[9], res[10], res[11], res[12]
+    off = g.state_offsets[t]
+    term = g.terminals[t]
+    arrive: dict[int, dict[int, tuple | None]] = {o: {int(ar["g_start"][t]): None}}
+    post: dict[int, dict[int, int]] = {}   # node -> state after widening -> the arrived state it came from
+    goal = None
+    for u in range(o, w + 1):
+        if u not in arrive:
+            continue
+        here = {s: s for s in arrive[u]}
+        if d_gap[u]:
+            for s in arrive[u]:
+                for ci in range(int(clo_ptr[s]), int(clo_ptr[s + 1])):
+                    here.setdefault(int(clo_idx[ci]), s)
+        post[u] = here
+        if u == w:
+            goal = next((s for s in sorted(here) if acc[s]), None)
             break
-        b = int(buf[i - 1])
-        state = next(s for s in sorted(post[k - 1]) if int(tab[s, b]) == state)
-    out = bytearray()
-    for i in range(o, w + 1):
-        out += fills.get(i, b"")
-        if i < w:
-            out.append(int(buf[i]))
-    return bytes(out)
+        for ei in range(int(d_ptr[u]), int(d_ptr[u + 1])):
+            v = int(d_dst[ei])
+            if v > w:
+                continue
+            b = int(d_byte[ei])
+            for s in here:
+                s2 = int(step[s * 256 + b])
+                if s2 >= 0:
+                    arrive.setdefault(v, {}).setdefault(s2, (u, s, ei))
+    if goal is None:  # pragma: no cover - the search only reports lexemes the sweep found
+        raise RuntimeError("witness: lexeme not found along the canvas")
+    pieces: list[tuple[bytes, int]] = []
+    u, s = w, goal
+    while True:
+        src = post[u][s]
+        if src != s:
+            pieces.append((term.shortest(src - off, s - off) or b"", -1))
+        how = arrive[u][src]
+        if how is None:
+            break
+        u, s, ei = how
+        pieces.append((bytes([int(d_byte[ei])]), int(d_cell[ei])))
+    pieces.reverse()
+    return pieces
