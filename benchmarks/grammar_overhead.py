@@ -7,7 +7,7 @@ for random masked positions — half with the document's own token (an accepted 
 with a random vocabulary token (usually a rejection, the expensive exhaustive case). Median and worst
 per check, for the numba kernels and the pure-Python fallback (fewer checks: it is slow).
 
-    python benchmarks/grammar_overhead.py [--checks 40] [--py-checks 6] [--lengths 64 256 512]
+    python benchmarks/grammar_overhead.py [--checks 40] [--py-checks 6] [--lengths 64 256 512] [--exact-cells 4 0]
 """
 from __future__ import annotations
 
@@ -79,21 +79,23 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 512])
     ap.add_argument("--fills", type=float, nargs="+", default=[0.3, 0.6, 0.9])
     ap.add_argument("--backends", nargs="+", default=["numba", "python"])
+    ap.add_argument("--exact-cells", type=int, nargs="+", default=[4, 0],
+                    help="oracle exact_cells values to time (4 = the default, 0 = length-blind gaps)")
     args = ap.parse_args()
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(TOKENIZER))
     mask, eos = tok.token_to_id("<|mdm_mask|>"), tok.token_to_id("<|endoftext|>")
-    print(f"{'backend':8} {'tokens':>6} {'fill':>5} {'nodes':>6} {'median ms':>10} {'worst ms':>9}")
-    for backend in args.backends:
-        oracle = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend)
+    print(f"{'backend':8} {'exact':>5} {'tokens':>6} {'fill':>5} {'nodes':>6} {'median ms':>10} {'worst ms':>9}")
+    for backend, exact in [(b, e) for b in args.backends for e in args.exact_cells]:
+        oracle = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend, exact_cells=exact)
         warm = oracle.start(length=8)
         warm.allows(0, tok.token_to_id("{"))  # numba: load / compile outside the timings
         n = args.checks if backend == "numba" else args.py_checks
         for length in args.lengths:
             for fill in args.fills:
                 med, worst, nodes = bench(oracle, tok, length, fill, n, seed=length * 100 + int(fill * 100))
-                print(f"{backend:8} {length:6d} {fill:5.0%} {nodes:6.0f} {med:10.2f} {worst:9.2f}", flush=True)
+                print(f"{backend:8} {exact:5d} {length:6d} {fill:5.0%} {nodes:6.0f} {med:10.2f} {worst:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

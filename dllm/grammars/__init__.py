@@ -2,10 +2,11 @@
 
 A diffusion canvas is a row of cells, each masked, a committed token or EOS, filled in *any order*.
 Committing a token is sound iff the canvas stays **completable**: some filling of the masked cells gives an
-output in the grammar's language. This package answers that question exactly (up to gap lengths, see
-below) for context-free grammars, following Mündler et al. (arXiv 2508.10111) and
-``shared/specs/cfg_constrained.md``: the known text + unbounded masked gaps form a regular language over
-the grammar's terminals, and a bottom-up CFG ∩ regular emptiness search with early exit decides it.
+output in the grammar's language. This package answers that question for context-free grammars, following
+Mündler et al. (arXiv 2508.10111) and ``shared/specs/cfg_constrained.md``: the known text + the masked gaps
+form a regular language over the grammar's terminals, and a bottom-up CFG ∩ regular emptiness search with
+early exit decides it. Unlike the reference, short gaps count tokens (below), so the answer is exact for
+canvases whose gaps are all short and a sound over-approximation otherwise.
 It is independent of the decoding engine; the engine plugs it in as a filter.
 
 API for the engine
@@ -44,9 +45,13 @@ Semantics and choices
   the whole generation). ``open_end=False`` (default): the region end is also an end of output, so a
   canvas whose masks are all filled is a complete output; ``open_end=True`` gives the reference's
   behaviour (no EOS = the output may continue beyond the region).
-* Gaps (maximal runs of masks) stand for any byte string, possibly empty: the oracle is **not
-  length-aware** (a canvas needing more text than its masks can hold is still "feasible"); an engine
-  that runs out of masks uses ``witness()`` and flags the row.
+* Gaps (maximal runs of masks): a gap of at most ``exact_cells`` masks (default 4) holds **exactly** that
+  many tokens (at most that many before an end of output, where the rest may be EOS): it is unrolled cell
+  by cell through the vocabulary's automaton (``cells.py``), so ``"Rome`` + one mask + ``color"`` is
+  rejected when no single token spells ``", "``. A longer gap stands for any byte string, possibly empty
+  (the reference's semantics; ``exact_cells=0`` gives it everywhere): a canvas needing more tokens than
+  such a gap holds still reads as feasible until the gap shrinks. ``witness_tokens()`` gives the token of
+  a completion for every unrolled cell.
 * Lexing is nondeterministic (every split of the text into terminals is considered), i.e. lark's
   ``lexer='dynamic_complete'``; for JSON, whose values are always separated by punctuation, this is the
   same as ordinary JSON. Validate final outputs with ``Grammar.parses`` (that lexer) or ``json.loads``.
@@ -54,7 +59,7 @@ Semantics and choices
   ``DLLM_GRAMMAR_BACKEND=numba|python|auto``); both return identical answers and witnesses.
 
 Modules: ``grammar.py`` (Lark front end, terminal byte DFAs via interegular, normal form), ``tokens.py``
-(token id -> bytes), ``kernels.py`` (canvas -> terminal NFA, emptiness search), ``oracle.py`` (Oracle,
+(token id -> bytes), ``cells.py`` (the vocabulary as a DFA over byte classes), ``kernels.py`` (canvas -> terminal NFA, emptiness search), ``oracle.py`` (Oracle,
 OracleState, witness), ``schema.py`` (JSON Schema -> Lark), ``json.lark`` (the default grammar).
 """
 from .grammar import Grammar, TerminalDFA, load_grammar

@@ -14,25 +14,31 @@ Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = 
 * the output ends at the first EOS; a committed non-EOS token after it makes the canvas infeasible
   (choice: ``eos_overwrites_tail=False`` — nothing is ever overwritten, so infeasibility is monotone and
   the ban list stays valid for the whole generation; masks after the first EOS are fine, they will be EOS);
-* a maximal run of masks is one gap = any byte string, possibly empty (not length-aware, like the
-  reference);
+* a maximal run of m masks with m <= ``max_cells`` is **unrolled**: m copies of the cell automaton (the
+  vocabulary's minimal DFA over byte classes, ``cells.py``), the end of one token being the start of the
+  next, so it holds exactly m tokens; before an end of output (EOS or the region end) every junction
+  between tokens is also an end, so it holds at most m. A longer run is one *loose gap* = any byte string,
+  possibly empty (the reference's semantics);
 * the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
   cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
   cell; with ``open_end=True`` (the reference's behaviour) a canvas without EOS has an open trailing gap.
 
-NFA: nodes are byte boundaries 0..B of the known text (gap contents take no node; a gap marks its
-boundary as a *gap node* with an implicit self-loop on every terminal). A left-to-right sweep keeps every
-lexeme in progress as (origin boundary, global DFA state); at a gap each one is widened to its closure
-R_T, and lexemes may start inside a gap (closure of the start state). A lexeme reaching an accepting state
-at boundary w emits the edge (origin, T, w). Edges therefore always go forward (I1) and gap nodes carry no
-explicit self-loop (I2). Only boundaries reachable from 0 start lexemes; a backward pass keeps the nodes
-that reach the end boundary B; nodes are renumbered in canvas order. If node 0 cannot reach B the canvas
-is infeasible without touching the grammar (a pure lexing failure, the cheapest rejection).
+NFA: the canvas becomes a DAG of byte edges whose nodes are numbered in topological order: one node per
+byte boundary of committed text, one node per (cell, automaton state) of an unrolled run (edges carry one
+representative byte per class, which the lexer cannot tell apart from the others), and a loose gap marks
+its node as a *gap node* with an implicit self-loop on every terminal. A sweep in node order keeps every
+lexeme in progress as (origin node, global DFA state) and pushes it along every byte edge; at a loose gap
+each one is widened to its closure R_T, and lexemes may start inside it (closure of the start state). A
+lexeme reaching an accepting state at node w emits the edge (origin, T, w). Edges therefore always go
+forward (I1) and gap nodes carry no explicit self-loop (I2). Only nodes where a lexeme ended (or node 0)
+start lexemes; a backward pass keeps the nodes that reach an end node; nodes are renumbered in order. If
+node 0 reaches no end the canvas is infeasible without touching the grammar (a pure lexing failure, the
+cheapest rejection).
 
 Search: bottom-up Bar-Hillel worklist over triples (p, A, q) ("A derives a terminal string leading NFA
 node p to q") on a dense chart, seeded by edges (A -> t), gap self-loops ((g, A, g) for every productive
 A: the loop derives any terminal string) and epsilon rules ((p, A, p)); binary rules scan only one side
-thanks to (I1). Early exit as soon as (0, S, n-1) appears. A work cap (pops) returns status 2, which the
+thanks to (I1). Early exit as soon as some (0, S, q) with q an end node appears (its index is returned). A work cap (pops) returns status 2, which the
 oracle treats as a rejection and counts. With ``want_bp`` the first derivation of every triple is kept
 (rule id + split node or edge index) for witness reconstruction; derivations only point to earlier
 triples, so following them always terminates.

@@ -110,15 +110,15 @@ class Oracle:
         return int(self._code[token_id])
 
     # ------------------------------------------------------------------ checks on raw cell arrays
-    def _nfa(self, cells: np.ndarray):
+    def _nfa(self, cells: np.ndarray, exact_cells: int | None = None):
         ar = self.grammar.arrays
         c = self.cell
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
                            ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
-                           c.class_byte, self.exact_cells)
+                           c.class_byte, self.exact_cells if exact_cells is None else exact_cells)
 
-    def _run(self, cells: np.ndarray, want_bp: bool):
-        res = self._nfa(cells)
+    def _run(self, cells: np.ndarray, want_bp: bool, exact_cells: int | None = None):
+        res = self._nfa(cells, exact_cells)
         if res[0] != 1:
             return 0, res, None
         g = self.grammar
@@ -148,14 +148,15 @@ class Oracle:
         found = self._witness(cells)
         return None if found is None else found[0]
 
-    def witness_tokens(self, cells: np.ndarray) -> dict[int, int] | None:
+    def witness_tokens(self, cells: np.ndarray, exact_cells: int | None = None) -> dict[int, int] | None:
         """{cell index: token id} of one completion for every masked cell in a gap of at most
-        ``exact_cells`` masks (longer gaps are filled with text, not tokens), or None when infeasible."""
-        found = self._witness(cells)
+        ``exact_cells`` masks (default: the oracle's; longer gaps are filled with text, not tokens), or None
+        when infeasible. A larger ``exact_cells`` gives a completion that is also one under the default."""
+        found = self._witness(cells, exact_cells)
         return None if found is None else found[1]
 
-    def _witness(self, cells: np.ndarray):
-        status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True)
+    def _witness(self, cells: np.ndarray, exact_cells: int | None = None):
+        status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True, exact_cells)
         if status != 1:
             return None
         return _realize(self.grammar, res, out, self._space_ok(), self.cell, self.tokens.table)
