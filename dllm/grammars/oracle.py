@@ -45,6 +45,22 @@ def _token_table(tokenizer) -> TokenTable:
     return table
 
 
+_CELLS: dict[tuple, tuple] = {}
+
+
+def _cell_automaton(grammar: Grammar, tokens: TokenTable, allowed: np.ndarray):
+    """The vocabulary automaton, built once per (grammar, token table, allowed set): every generate call makes a new
+    oracle, and for a large vocabulary the build takes seconds."""
+    step = grammar.arrays["g_step"].tobytes()  # by content: every filter compiles its own Grammar object
+    key = (hash(step), id(tokens), allowed.tobytes())
+    hit = _CELLS.get(key)
+    if hit is not None and hit[0] == step and hit[1] is tokens:
+        return hit[2]
+    cell = cell_automaton(grammar.arrays["g_step"], tokens.table, allowed)
+    _CELLS[key] = (step, tokens, cell)
+    return cell
+
+
 class Oracle:
     """Grammar + tokenizer -> feasibility checks on canvases of token ids.
 
@@ -90,7 +106,7 @@ class Oracle:
         for e in self.eos_ids:
             if 0 <= e < len(allowed):
                 allowed[e] = False
-        self.cell = cell_automaton(self.grammar.arrays["g_step"], self.tokens.table, allowed)
+        self.cell = _cell_automaton(self.grammar, self.tokens, allowed)
         self._code = np.arange(len(self.tokens), dtype=np.int32)
         for e in self.eos_ids:
             if 0 <= e < len(self._code):
