@@ -14,11 +14,13 @@ Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = 
 * the output ends at the first EOS; a committed non-EOS token after it makes the canvas infeasible
   (choice: ``eos_overwrites_tail=False`` — nothing is ever overwritten, so infeasibility is monotone and
   the ban list stays valid for the whole generation; masks after the first EOS are fine, they will be EOS);
-* a maximal run of m masks with m <= ``max_cells`` is **unrolled**: m copies of the cell automaton (the
+* a maximal run of m masks with m <= ``max_cells`` that touches cells ``focus_lo..focus_hi`` is **unrolled**: m copies of the cell automaton (the
   vocabulary's minimal DFA over byte classes, ``cells.py``), the end of one token being the start of the
   next, so it holds exactly m tokens; before an end of output (EOS or the region end) every junction
   between tokens is also an end, so it holds at most m. A longer run is one *loose gap* = any byte string,
-  possibly empty (the reference's semantics);
+  possibly empty (the reference's semantics). ``split_at`` (a masked cell, or -1) cuts its run in three: the
+  cells before it, the cell itself (always unrolled) and the cells after it, each part then treated by the
+  rule above (a sound over-approximation of the whole run; used to pick one cell's token in a witness);
 * the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
   cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
   cell; with ``open_end=True`` (the reference's behaviour) a canvas without EOS has an open trailing gap.
@@ -60,7 +62,7 @@ EOS = -2
 
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
-              c_step, c_final, c_live, c_byte, max_cells):
+              c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -93,10 +95,11 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             M += tok_off[cells[j] + 1] - tok_off[cells[j]]
             j += 1
         else:
-            k = j
-            while k < e and cells[k] == -1:
-                k += 1
-            if k - j <= max_cells and not (k == L and open_end):
+            k = j + 1
+            if j != split_at:
+                while k < e and cells[k] == -1 and k != split_at:
+                    k += 1
+            if (k - j <= max_cells and not (k == L and open_end) and j <= focus_hi and k > focus_lo) or j == split_at:
                 N += (k - j) * n_cs
                 M += (k - j) * cell_edges
             j = k
@@ -120,10 +123,11 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 u += 1
             j += 1
             continue
-        k = j
-        while k < e and cells[k] == -1:
-            k += 1
-        if k - j <= max_cells and not (k == L and open_end):
+        k = j + 1
+        if j != split_at:
+            while k < e and cells[k] == -1 and k != split_at:
+                k += 1
+        if (k - j <= max_cells and not (k == L and open_end) and j <= focus_hi and k > focus_lo) or j == split_at:
             # one copy of the cell automaton per cell: node J_i + a is state a of cell i (a = 0: junction)
             for i in range(k - j):
                 if k == e:

@@ -126,15 +126,18 @@ class Oracle:
         return int(self._code[token_id])
 
     # ------------------------------------------------------------------ checks on raw cell arrays
-    def _nfa(self, cells: np.ndarray, exact_cells: int | None = None):
+    def _nfa(self, cells: np.ndarray, exact_cells: int | None = None, focus: tuple[int, int] | None = None,
+             split_at: int = -1):
         ar = self.grammar.arrays
         c = self.cell
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
                            ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
-                           c.class_byte, self.exact_cells if exact_cells is None else exact_cells)
+                           c.class_byte, self.exact_cells if exact_cells is None else exact_cells,
+                           *(focus or (0, int(cells.shape[0]))), split_at)
 
-    def _run(self, cells: np.ndarray, want_bp: bool, exact_cells: int | None = None):
-        res = self._nfa(cells, exact_cells)
+    def _run(self, cells: np.ndarray, want_bp: bool, exact_cells: int | None = None,
+             focus: tuple[int, int] | None = None, split_at: int = -1):
+        res = self._nfa(cells, exact_cells, focus, split_at)
         if res[0] != 1:
             return 0, res, None
         g = self.grammar
@@ -146,9 +149,13 @@ class Oracle:
                            ar["r_rule"], ar["eps_a"], ar["eps_rule"], want_bp, self.max_pops)
         return int(out[0]), res, out
 
-    def status_cells(self, cells: np.ndarray) -> int:
-        """0 infeasible, 1 feasible, 2 work cap hit (treated as infeasible)."""
-        return self._run(np.ascontiguousarray(cells, dtype=np.int32), False)[0]
+    def status_cells(self, cells: np.ndarray, near: int | None = None) -> int:
+        """0 infeasible, 1 feasible, 2 work cap hit (treated as infeasible). With ``near`` (the cell just
+        committed) only the gaps next to it are unrolled token by token, the others stand for any text: the
+        answer is still sound (a looser canvas), and the check costs a few unrolled cells instead of every
+        short gap of the canvas (those were unrolled when the commits that made them were checked)."""
+        focus = None if near is None else (near - 1, near + 1)
+        return self._run(np.ascontiguousarray(cells, dtype=np.int32), False, focus=focus)[0]
 
     def feasible(self, tokens: Sequence[int]) -> bool:
         """Can the masked cells of this canvas be filled so that the output is in the grammar?"""
@@ -164,15 +171,16 @@ class Oracle:
         found = self._witness(cells)
         return None if found is None else found[0]
 
-    def witness_tokens(self, cells: np.ndarray, exact_cells: int | None = None) -> dict[int, int] | None:
+    def witness_tokens(self, cells: np.ndarray, split_at: int = -1) -> dict[int, int] | None:
         """{cell index: token id} of one completion for every masked cell in a gap of at most
-        ``exact_cells`` masks (default: the oracle's; longer gaps are filled with text, not tokens), or None
-        when infeasible. A larger ``exact_cells`` gives a completion that is also one under the default."""
-        found = self._witness(cells, exact_cells)
+        ``exact_cells`` masks (longer gaps are filled with text, not tokens), or None when infeasible. With
+        ``split_at`` (a masked cell) that cell gets a token even inside a longer gap: its gap is cut there,
+        and the completion is one of the canvas with that token committed."""
+        found = self._witness(cells, split_at)
         return None if found is None else found[1]
 
-    def _witness(self, cells: np.ndarray, exact_cells: int | None = None):
-        status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True, exact_cells)
+    def _witness(self, cells: np.ndarray, split_at: int = -1):
+        status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True, split_at=split_at)
         if status != 1:
             return None
         return _realize(self.grammar, res, out, self._space_ok(), self.cell, self.tokens.table)
@@ -209,7 +217,7 @@ class OracleState:
         self.rejected_at: dict[int, int] = {}  # position -> rejections there
         self.checks = 0
         self.cap_hits = 0
-        self._memo: dict[tuple[int, int], bool] = {}
+        self._memo: dict[tuple[int, int, bool], bool] = {}  # (position, token, exact) -> allowed
         self._feasible: bool | None = None
 
     def __len__(self) -> int:
@@ -224,9 +232,14 @@ class OracleState:
             self._feasible = st == 1
         return self._feasible
 
-    def allows(self, position: int, token_id: int) -> bool:
+    def allows(self, position: int, token_id: int, exact: bool = False) -> bool:
         """Would committing ``token_id`` at ``position`` keep the canvas completable? Pure query: the
-        canvas is unchanged; a "no" is remembered (the rejection list) and counted in ``rejections``."""
+        canvas is unchanged; a "no" is remembered (the rejection list) and counted in ``rejections``.
+
+        ``exact=False`` (fast): only the gaps next to ``position`` are unrolled token by token, the others
+        stand for any text; ``exact=True`` unrolls every short gap. Both are sound (a "no" is final); the
+        fast one can say "yes" to a commit that leaves some other short gap unable to hold what it must
+        (the engine's grammar filter therefore checks each row's whole step once more exactly)."""
         key = (int(position), int(token_id))
         if key in self.rejected:
             return False
@@ -234,19 +247,19 @@ class OracleState:
         cur = int(self.cells[position])
         if cur != K.MASK:
             return cur == code
-        hit = self._memo.get(key)
-        if hit is not None:
-            return hit
+        hit = self._memo.get(key + (exact,)) or (not exact and self._memo.get(key + (True,)))
+        if hit:
+            return True
         ok = False
         if not self.oracle.excluded[token_id] and self.feasible():
             cand = self.cells.copy()
             cand[position] = code
-            st = self.oracle.status_cells(cand)
+            st = self.oracle.status_cells(cand, near=None if exact else position)
             self.checks += 1
             self.cap_hits += st == 2
             ok = st == 1
         if ok:
-            self._memo[key] = True
+            self._memo[key + (exact,)] = True
         else:
             self.rejected.add(key)
             self.rejections += 1
@@ -264,7 +277,7 @@ class OracleState:
             return True
         if int(self.cells[position]) != K.MASK:
             raise ValueError(f"position {position} is already committed")
-        was_ok = self._memo.get((int(position), int(token_id)))
+        was_ok = self._memo.get((int(position), int(token_id), True))
         self.cells[position] = code
         self._memo.clear()
         self._feasible = True if was_ok else None
