@@ -20,6 +20,9 @@ tokens / wall seconds, wall = seconds for the whole run, ratio = wall / the free
 threshold, stuck rows.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_grammar.py [--limit 60] [--batch 16] [--model tiny --task json]
+        [--variants free json schema scaffold] [--exact-cells N] [--force-after N]
+
+``--exact-cells 0 --force-after 0`` gives the earlier length-blind oracle without forced cells.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def schema_of(value) -> dict:
 
 
 def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict,
-        exact_cells: int | None = None) -> dict:
+        exact_cells: int | None = None, force_after: int | None = None) -> dict:
     groups: list[list[int]] = []
     if variant in ("schema", "scaffold"):  # one schema per batch
         by_keys: dict[tuple, list[int]] = {}
@@ -69,6 +72,8 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
                            slot_length=slot_length)
         if variant != "free" and exact_cells is not None:
             options["exact_cells"] = exact_cells
+        if variant != "free" and force_after is not None:
+            options["force_after"] = force_after
         started = time.perf_counter()
         out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, **options)
         seconds += time.perf_counter() - started
@@ -123,6 +128,8 @@ def main() -> None:
     parser.add_argument("--exact-cells", type=int, default=None,
                         help="the grammar filter's exact_cells (gaps of at most this many masks are checked token "
                              "by token; 0 = length-blind); default: the library's")
+    parser.add_argument("--force-after", type=int, default=None,
+                        help="the grammar filter's force_after (0 = never force a witness token); default: the library's")
     args = parser.parse_args()
     model = dllm.load(args.model)
     examples = load_test_set(args.task)[:args.limit]
@@ -133,7 +140,8 @@ def main() -> None:
     for threshold in args.thresholds:
         base = None
         for variant in args.variants:
-            r = run(model, examples, threshold, variant, args.batch, args.slot_length, args.exact_cells)
+            r = run(model, examples, threshold, variant, args.batch, args.slot_length, args.exact_cells,
+                    args.force_after)
             base = base or r["wall"]
             print(f"{threshold:>9} {variant:>9} {r['parse']:>6.1%} {r['parse_w']:>8.1%} {r['valid']:>6.1%} {r['exact']:>6.1%} "
                   f"{r['nfe']:>6.2f} {r['tpf']:>6.2f} {r['tps']:>7.0f} {r['wall']:>7.2f} {r['wall'] / base:>6.2f} "

@@ -23,7 +23,13 @@ many tokens, see ``dllm.grammars``), so a commit that leaves too few cells for w
 is rejected. Where few tokens fit a cell and the model keeps proposing others, the cell takes the token of
 the oracle's witness completion after ``force_after`` rejections (default 3; ``_force``) instead of walking
 down the model's ranking one rejection at a time: on tiny-cot JSON at threshold 0 that walk reached 1,741
-rejections in one row and most such rows ended stuck.
+rejections in one row and most such rows ended stuck. A forced cell is checked first, against the row's
+standing canvas, and lands alone in its step. After the end of output only EOS fits: any other token
+proposed there lands as EOS, without a rejection.
+
+Cost (``_check_row``): a row's step is first checked as a whole (one check with every short gap
+unrolled); only if that fails is it checked pair by pair, each pair with only its neighbouring gaps
+unrolled, and the kept set confirmed once more with every short gap unrolled.
 
 With ``defer_eos=True`` an EOS that would end the output while masked cells remain before it is
 *deferred*: dropped from this step, not banned, and it lands as soon as those cells are filled. Longer gaps

@@ -19,7 +19,8 @@ API for the engine
     state = oracle.start(row_tokens)      # the row's output region: token ids, mask_id where masked
     state.feasible()                      # False -> the template/canvas can never be completed (fail early)
     # each step, for the tokens the sampler wants to commit in this row, in confidence order:
-    if state.allows(pos, tok):            # checks the canvas *with every earlier commit*
+    if state.allows(pos, tok):            # checks the canvas *with every earlier commit* (exact=True: every
+                                          #   short gap unrolled; default: only the gaps next to pos)
         state.commit(pos, tok)
     else:                                 # (pos, tok) is now on the persistent rejection list
         ...                               # ban it (-inf) and re-select
@@ -28,6 +29,7 @@ API for the engine
     state.rejections, state.checks, state.cap_hits   # counters (max_rejections policy is the engine's)
     state.complete                        # no mask before the end of output and the text parses
     state.witness() -> bytes | None       # one completion of the current canvas (fallback output)
+    oracle.witness_tokens(cells, split_at=pos)   # {cell: token} of a completion, pos included
     oracle.feasible(tokens) / oracle.witness(tokens)   # stateless versions
     Grammar = dllm.grammars.load_grammar(spec); Grammar.parses(text)  # final validation with lark
 
@@ -51,7 +53,9 @@ Semantics and choices
   rejected when no single token spells ``", "``. A longer gap stands for any byte string, possibly empty
   (the reference's semantics; ``exact_cells=0`` gives it everywhere): a canvas needing more tokens than
   such a gap holds still reads as feasible until the gap shrinks. ``witness_tokens()`` gives the token of
-  a completion for every unrolled cell.
+  a completion for every unrolled cell. A check may unroll only the gaps next to one cell
+  (``status_cells(near=)``, ``allows(exact=False)``): still sound, much cheaper on canvases with many
+  short gaps; the engine's filter confirms each row's step with one check that unrolls them all.
 * Lexing is nondeterministic (every split of the text into terminals is considered), i.e. lark's
   ``lexer='dynamic_complete'``; for JSON, whose values are always separated by punctuation, this is the
   same as ordinary JSON. Validate final outputs with ``Grammar.parses`` (that lexer) or ``json.loads``.
