@@ -135,6 +135,9 @@ def test_bad_input_errors_come_before_any_forward(tmp_path):
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, schema=SCHEMA, grammar="json"), "not both")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, slot_length=3), "schema=")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, defer_eos=True), "defer_eos", "grammar=")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, exact_cells=2), "exact_cells", "grammar=")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", exact_cells=-1), "exact_cells", ">= 0")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", force_after=True), "force_after")
     assert calls == []
 
 
