@@ -219,7 +219,9 @@ class GrammarFilter(Filter):
         """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags, and
         the token that lands at each (the proposal, or the witness's token at a forced cell, ``_force``).
 
-        Two passes at most. The first checks each commit with only the gaps next to it unrolled token by
+        First the whole step in one check with every short gap unrolled: when it passes (the common case at
+        high thresholds) every commit is kept, as the pair-by-pair check would keep them (a subset of a
+        completable set of commits is completable). Otherwise two passes at most. The first checks each commit with only the gaps next to it unrolled token by
         token (``OracleState.allows(exact=False)``: a few cells per check); then the row's canvas with all
         of this step's kept commits is checked once with every short gap unrolled. Only when that fails (a
         commit left some other short gap unable to hold what it must) is the row checked again commit by
@@ -239,12 +241,15 @@ class GrammarFilter(Filter):
                 if self.oracle.status_cells(together) == 1:
                     return [True] * len(pairs), [False] * len(pairs), [t for _, t in pairs]
         kept, vetoed, landing, scratch = self._check_pass(b, pairs, exact=False)
-        if (scratch is not None and not any(vetoed) and self.exact_cells
-                and self.oracle.status_cells(scratch) != 1):
-            self.states[b].checks += 1
+        if scratch is not None and not any(vetoed) and self.exact_cells and self._confirm(state, scratch):
             self.rechecks[self.caller[b]] = self.rechecks.get(self.caller[b], 0) + 1
             kept, vetoed, landing, _ = self._check_pass(b, pairs, exact=True)
         return kept, vetoed, landing
+
+    def _confirm(self, state, scratch) -> bool:
+        """Does the row's canvas with this step's kept commits fail the check with every short gap unrolled?"""
+        state.checks += 1
+        return self.oracle.status_cells(scratch) != 1
 
     def _check_pass(self, b: int, pairs: list[tuple[int, int]], exact: bool):
         """One pass of ``_check_row``: (kept, vetoed, landing tokens, the row's canvas after the kept ones or
