@@ -57,6 +57,43 @@ except Exception:  # pragma: no cover - numba missing: the pure-Python mirror is
     def trailing_zeros(x):
         return (int(x) & -int(x)).bit_length() - 1
 
+def _helper(fn):
+    """Compile a function the kernels call (numba compiles a kernel only if every global it calls is compiled);
+    without numba it stays plain Python, like the kernels' fallback."""
+    try:
+        import numba
+
+        return numba.njit(cache=True, nogil=True)(fn)
+    except Exception:  # pragma: no cover - numba missing
+        return fn
+
+
+@_helper
+def _grown(a, n):
+    """``a`` with twice the room, its first ``n`` entries kept (the kernels' growable arrays)."""
+    b = np.empty(2 * a.shape[0], a.dtype)
+    b[:n] = a[:n]
+    return b
+
+
+@_helper
+def _run_end(cells, j, e, split_at):
+    """End (exclusive) of the run of masks that starts at cell ``j``; ``split_at`` is a run of its own."""
+    k = j + 1
+    if j != split_at:
+        while k < e and cells[k] == -1 and k != split_at:
+            k += 1
+    return k
+
+
+@_helper
+def _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
+    """Is the run of masks j..k-1 laid out cell by cell (else: one loose gap)?"""
+    if j == split_at:
+        return True
+    return k - j <= max_cells and not (k == L and open_end) and j <= focus_hi and k > focus_lo
+
+
 MASK = -1
 EOS = -2
 
@@ -95,11 +132,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             M += tok_off[cells[j] + 1] - tok_off[cells[j]]
             j += 1
         else:
-            k = j + 1
-            if j != split_at:
-                while k < e and cells[k] == -1 and k != split_at:
-                    k += 1
-            if (k - j <= max_cells and not (k == L and open_end) and j <= focus_hi and k > focus_lo) or j == split_at:
+            k = _run_end(cells, j, e, split_at)
+            if _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
                 N += (k - j) * n_cs
                 M += (k - j) * cell_edges
             j = k
@@ -123,11 +157,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 u += 1
             j += 1
             continue
-        k = j + 1
-        if j != split_at:
-            while k < e and cells[k] == -1 and k != split_at:
-                k += 1
-        if (k - j <= max_cells and not (k == L and open_end) and j <= focus_hi and k > focus_lo) or j == split_at:
+        k = _run_end(cells, j, e, split_at)
+        if _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
             # one copy of the cell automaton per cell: node J_i + a is state a of cell i (a = 0: junction)
             for i in range(k - j):
                 if k == e:
@@ -135,16 +166,12 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 for a in range(n_cs):
                     for cl in range(n_cls):
                         t = c_step[a * n_cls + cl]
-                        if t >= 0:
-                            if c_live[t]:
+                        if t < 0:
+                            continue
+                        for ends_token in range(2):  # stay in the token, or end it: on to the next junction
+                            if (c_final[t] if ends_token else c_live[t]) != 0:
                                 d_src[m] = u + a
-                                d_dst[m] = u + t
-                                d_byte[m] = c_byte[cl]
-                                d_cell[m] = j + i
-                                m += 1
-                            if c_final[t]:
-                                d_src[m] = u + a
-                                d_dst[m] = u + n_cs
+                                d_dst[m] = u + n_cs if ends_token else u + t
                                 d_byte[m] = c_byte[cl]
                                 d_cell[m] = j + i
                                 m += 1
@@ -166,20 +193,17 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     reach = np.zeros(N, dtype=np.uint8)
     reach[0] = 1
     head = np.full(N, -1, dtype=np.int32)
-    pcap = 256
-    p_next = np.empty(pcap, dtype=np.int32)
-    p_o = np.empty(pcap, dtype=np.int32)
-    p_s = np.empty(pcap, dtype=np.int32)
+    p_next = np.empty(256, dtype=np.int32)
+    p_o = np.empty(256, dtype=np.int32)
+    p_s = np.empty(256, dtype=np.int32)
     npend = 0
-    cap = 64
-    act_o = np.empty(cap, dtype=np.int32)
-    act_s = np.empty(cap, dtype=np.int32)
-    nxt_o = np.empty(cap, dtype=np.int32)
-    nxt_s = np.empty(cap, dtype=np.int32)
-    ecap = 256
-    es = np.empty(ecap, dtype=np.int32)
-    et = np.empty(ecap, dtype=np.int32)
-    ed = np.empty(ecap, dtype=np.int32)
+    act_o = np.empty(64, dtype=np.int32)
+    act_s = np.empty(64, dtype=np.int32)
+    nxt_o = np.empty(64, dtype=np.int32)
+    nxt_s = np.empty(64, dtype=np.int32)
+    es = np.empty(256, dtype=np.int32)
+    et = np.empty(256, dtype=np.int32)
+    ed = np.empty(256, dtype=np.int32)
     ne = 0
     tick = 0
     for u in range(N):
@@ -191,12 +215,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             if stamp[key] != tick:
                 stamp[key] = tick
                 if na == act_o.shape[0]:
-                    t1 = np.empty(2 * na, dtype=np.int32)
-                    t1[:na] = act_o[:na]
-                    act_o = t1
-                    t2 = np.empty(2 * na, dtype=np.int32)
-                    t2[:na] = act_s[:na]
-                    act_s = t2
+                    act_o, act_s = _grown(act_o, na), _grown(act_s, na)
                 act_o[na] = p_o[k]
                 act_s[na] = p_s[k]
                 na += 1
@@ -213,12 +232,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     if stamp[key] != tick:
                         stamp[key] = tick
                         if nb == nxt_o.shape[0]:
-                            t1 = np.empty(2 * nb, dtype=np.int32)
-                            t1[:nb] = nxt_o[:nb]
-                            nxt_o = t1
-                            t2 = np.empty(2 * nb, dtype=np.int32)
-                            t2[:nb] = nxt_s[:nb]
-                            nxt_s = t2
+                            nxt_o, nxt_s = _grown(nxt_o, nb), _grown(nxt_s, nb)
                         nxt_o[nb] = o
                         nxt_s[nb] = s2
                         nb += 1
@@ -234,17 +248,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 key = t * N + o
                 if estamp[key] != u + 1:
                     estamp[key] = u + 1
-                    if ne == ecap:
-                        ecap *= 2
-                        t1 = np.empty(ecap, dtype=np.int32)
-                        t1[:ne] = es[:ne]
-                        es = t1
-                        t2 = np.empty(ecap, dtype=np.int32)
-                        t2[:ne] = et[:ne]
-                        et = t2
-                        t3 = np.empty(ecap, dtype=np.int32)
-                        t3[:ne] = ed[:ne]
-                        ed = t3
+                    if ne == es.shape[0]:
+                        es, et, ed = _grown(es, ne), _grown(et, ne), _grown(ed, ne)
                     es[ne] = o
                     et[ne] = t
                     ed[ne] = u
@@ -259,12 +264,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 for ci in range(lo, hi):
                     s2 = clo_idx[ci] if d_gap[u] else s0
                     if na == act_o.shape[0]:
-                        t1 = np.empty(2 * na, dtype=np.int32)
-                        t1[:na] = act_o[:na]
-                        act_o = t1
-                        t2 = np.empty(2 * na, dtype=np.int32)
-                        t2[:na] = act_s[:na]
-                        act_s = t2
+                        act_o, act_s = _grown(act_o, na), _grown(act_s, na)
                     act_o[na] = u
                     act_s[na] = s2
                     na += 1
@@ -275,17 +275,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             for k in range(na):
                 s2 = g_step[act_s[k] * 256 + b]
                 if s2 >= 0:
-                    if npend == pcap:
-                        pcap *= 2
-                        t1 = np.empty(pcap, dtype=np.int32)
-                        t1[:npend] = p_next[:npend]
-                        p_next = t1
-                        t2 = np.empty(pcap, dtype=np.int32)
-                        t2[:npend] = p_o[:npend]
-                        p_o = t2
-                        t3 = np.empty(pcap, dtype=np.int32)
-                        t3[:npend] = p_s[:npend]
-                        p_s = t3
+                    if npend == p_o.shape[0]:
+                        p_next, p_o, p_s = _grown(p_next, npend), _grown(p_o, npend), _grown(p_s, npend)
                     p_o[npend] = act_o[k]
                     p_s[npend] = s2
                     p_next[npend] = head[v]
@@ -345,8 +336,7 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
     size_bp = n_nt * nn if want_bp else 1
     bp_rule = np.full(size_bp, -1, dtype=np.int32)
     bp_aux = np.full(size_bp, -1, dtype=np.int32)
-    cap = 1024
-    stack = np.empty(cap, dtype=np.int64)
+    stack = np.empty(1024, dtype=np.int64)
     sp = 0
     one = np.int64(1)
     n_seed = e_src.shape[0] + n + eps_a.shape[0] * n
@@ -394,11 +384,8 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                     bp_aux[idx] = aux
                 if a == start_nt and p == 0 and node_end[q]:
                     return 1, bp_rule, bp_aux, idx
-                if sp == cap:
-                    cap *= 2
-                    t1 = np.empty(cap, dtype=np.int64)
-                    t1[:sp] = stack[:sp]
-                    stack = t1
+                if sp == stack.shape[0]:
+                    stack = _grown(stack, sp)
                 stack[sp] = idx
                 sp += 1
     pops = 0
@@ -425,11 +412,8 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                     bp_rule[idx] = u_rule[j]
                 if a == start_nt and p == 0 and node_end[q]:
                     return 1, bp_rule, bp_aux, idx
-                if sp == cap:
-                    cap *= 2
-                    t1 = np.empty(cap, dtype=np.int64)
-                    t1[:sp] = stack[:sp]
-                    stack = t1
+                if sp == stack.shape[0]:
+                    stack = _grown(stack, sp)
                 stack[sp] = idx
                 sp += 1
         # A -> B C: partners (q, C, r) give (p, A, r)
@@ -451,11 +435,8 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                         bp_aux[idx] = q
                     if a == start_nt and p == 0 and node_end[r]:
                         return 1, bp_rule, bp_aux, idx
-                    if sp == cap:
-                        cap *= 2
-                        t1 = np.empty(cap, dtype=np.int64)
-                        t1[:sp] = stack[:sp]
-                        stack = t1
+                    if sp == stack.shape[0]:
+                        stack = _grown(stack, sp)
                     stack[sp] = idx
                     sp += 1
         # A -> C B: partners (r, C, p) give (r, A, q)
@@ -477,11 +458,8 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                         bp_aux[idx] = p
                     if a == start_nt and r == 0 and node_end[q]:
                         return 1, bp_rule, bp_aux, idx
-                    if sp == cap:
-                        cap *= 2
-                        t1 = np.empty(cap, dtype=np.int64)
-                        t1[:sp] = stack[:sp]
-                        stack = t1
+                    if sp == stack.shape[0]:
+                        stack = _grown(stack, sp)
                     stack[sp] = idx
                     sp += 1
     return 0, bp_rule, bp_aux, -1
