@@ -62,6 +62,7 @@ import torch
 
 from ..engine.view import Decision, StepView
 from ..grammars.kernels import EOS, MASK
+from ..grammars.oracle import EXACT_CELLS
 
 from .base import Filter, register
 
@@ -73,7 +74,7 @@ class GrammarFilter(Filter):
     grammar_backend: str | None = None  # "numba" | "python" | None (auto)
     open_end: bool = False  # True: no EOS = the output may continue past the region (the reference's mode)
     defer_eos: bool = False  # True: an EOS lands only once every cell before it is filled (see ``_deferred``)
-    exact_cells: int = 4  # gaps of at most this many masks are checked token by token (0: length-blind gaps)
+    exact_cells: int = EXACT_CELLS  # gaps of at most this many masks are checked token by token (0: length-blind)
     force_after: int = 3  # rejections at one cell of such a gap before it takes the witness's token (0: never)
 
     def validate(self) -> None:
@@ -187,7 +188,7 @@ class GrammarFilter(Filter):
                 keep[b, w] = k
                 veto[b, w] = v
             self._kept[b] = {(w + offsets[b], t) for (w, t), k in zip(pairs, kept) if k}
-        if retarget:  # a fallback commit (see ``_fallback``) joined the decision
+        if retarget:  # a fallback commit (``_fallback``) joined the decision, or a forced cell (``_force``) moved
             commit = commit_h.to(device)
             decision.tokens = tokens_h.to(device)
         self._veto = veto.to(device)
@@ -199,7 +200,8 @@ class GrammarFilter(Filter):
         """Is this an EOS that must wait: no end of output before it yet, and masked cells before it?
 
         Why (measured when every gap was length-blind, ``exact_cells=0``): a gap stood for any string, so the
-        oracle accepted an EOS that left too few cells for what the grammar still needs (``"sizes": [30,`` + one mask + EOS); every token at
+        oracle accepted an EOS that left too few cells for what the grammar still needs (``"sizes": [30,`` +
+        one mask + EOS); every token at
         that cell is then rejected and the row ends stuck. Deferring is not a ban: the EOS lands as soon as
         the cells before it are filled (in the same step when this step fills them).
 
@@ -221,11 +223,12 @@ class GrammarFilter(Filter):
 
         First the whole step in one check with every short gap unrolled: when it passes (the common case at
         high thresholds) every commit is kept, as the pair-by-pair check would keep them (a subset of a
-        completable set of commits is completable). Otherwise two passes at most. The first checks each commit with only the gaps next to it unrolled token by
-        token (``OracleState.allows(exact=False)``: a few cells per check); then the row's canvas with all
-        of this step's kept commits is checked once with every short gap unrolled. Only when that fails (a
-        commit left some other short gap unable to hold what it must) is the row checked again commit by
-        commit with every short gap unrolled; ``grammar_rechecks`` counts those. Measured on tiny-cot JSON:
+        completable set of commits is completable). Otherwise two passes at most. The first checks each
+        commit with only the gaps next to it unrolled token by token (``OracleState.allows(exact=False)``: a
+        few cells per check); then the row's canvas with all of this step's kept commits is checked once with
+        every short gap unrolled. Only when that fails (a commit left some other short gap unable to hold
+        what it must) is the row checked again commit by commit with every short gap unrolled;
+        ``grammar_rechecks`` counts those. Measured on tiny-cot JSON:
         unrolling every short gap in every check made a check 20-40x slower on heavily masked canvases,
         unrolling only the neighbours left 6 of 32 rows stuck at threshold 0 that the exact check finishes."""
         state = self.states[b]
@@ -262,12 +265,11 @@ class GrammarFilter(Filter):
         waiting = []
         # a cell due for forcing goes first, against the standing canvas (known to be completable, so its
         # witness exists); when it is forced it lands alone this step
-        due = self.force_after and state.rejected_at and max(state.rejected_at.values()) >= self.force_after
-        order = sorted(range(len(pairs)), key=lambda i: state.rejected_at.get(pairs[i][0], 0) < self.force_after) \
-            if due else range(len(pairs))
+        due_at = [bool(self.force_after) and state.rejected_at.get(pos, 0) >= self.force_after for pos, _ in pairs]
+        order = sorted(range(len(pairs)), key=lambda i: not due_at[i]) if any(due_at) else range(len(pairs))
         for n, i in enumerate(order):
             pos, tok = pairs[i]
-            if due and n == 1 and kept[order[0]] and landing[order[0]] != pairs[order[0]][1]:
+            if n == 1 and kept[order[0]] and landing[order[0]] != pairs[order[0]][1]:
                 return kept, vetoed, landing, scratch  # a forced cell lands alone; the others come back next step
             if self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
                 waiting.append(i)
@@ -322,7 +324,7 @@ class GrammarFilter(Filter):
 
     def _force(self, b: int, pos: int, cells) -> int | None:
         """The token of the oracle's witness completion at ``pos`` once the cell has collected
-        ``force_after`` rejections and lies in a gap the oracle checks token by token (else None).
+        ``force_after`` rejections (None before that, or when ``cells`` has no completion).
 
         Why: where few tokens fit (``"sizes [ [7, 24`` + one mask + `` " "``: one token of 897 on tiny-cot)
         and the model keeps proposing others, ban-and-re-select walks down the model's ranking one check at a

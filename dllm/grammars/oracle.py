@@ -126,18 +126,15 @@ class Oracle:
         return int(self._code[token_id])
 
     # ------------------------------------------------------------------ checks on raw cell arrays
-    def _nfa(self, cells: np.ndarray, exact_cells: int | None = None, focus: tuple[int, int] | None = None,
-             split_at: int = -1):
+    def _nfa(self, cells: np.ndarray, focus: tuple[int, int] | None = None, split_at: int = -1):
         ar = self.grammar.arrays
         c = self.cell
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
                            ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
-                           c.class_byte, self.exact_cells if exact_cells is None else exact_cells,
-                           *(focus or (0, int(cells.shape[0]))), split_at)
+                           c.class_byte, self.exact_cells, *(focus or (0, int(cells.shape[0]))), split_at)
 
-    def _run(self, cells: np.ndarray, want_bp: bool, exact_cells: int | None = None,
-             focus: tuple[int, int] | None = None, split_at: int = -1):
-        res = self._nfa(cells, exact_cells, focus, split_at)
+    def _run(self, cells: np.ndarray, want_bp: bool, focus: tuple[int, int] | None = None, split_at: int = -1):
+        res = self._nfa(cells, focus, split_at)
         if res[0] != 1:
             return 0, res, None
         g = self.grammar
