@@ -57,6 +57,8 @@ def _cell_automaton(grammar: Grammar, tokens: TokenTable, allowed: np.ndarray):
     if hit is not None and hit[0] == step and hit[1] is tokens:
         return hit[2]
     cell = cell_automaton(grammar.arrays["g_step"], tokens.table, allowed)
+    if len(_CELLS) >= 32:  # one entry per schema a server sees: keep the newest
+        _CELLS.pop(next(iter(_CELLS)))
     _CELLS[key] = (step, tokens, cell)
     return cell
 
