@@ -47,7 +47,8 @@ def schema_of(value) -> dict:
 
 
 def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict,
-        exact_cells: int | None = None, force_after: int | None = None) -> dict:
+        exact_cells: int | None = None, force_after: int | None = None, count_gaps: bool = False,
+        frontier: bool | None = None) -> dict:
     groups: list[list[int]] = []
     if variant in ("schema", "scaffold"):  # one schema per batch
         by_keys: dict[tuple, list[int]] = {}
@@ -74,6 +75,10 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
             options["exact_cells"] = exact_cells
         if variant != "free" and force_after is not None:
             options["force_after"] = force_after
+        if variant != "free" and count_gaps:
+            options["count_gaps"] = True
+        if variant != "free" and frontier is not None:
+            options["frontier"] = frontier
         started = time.perf_counter()
         out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, **options)
         seconds += time.perf_counter() - started
@@ -130,6 +135,11 @@ def main() -> None:
                              "by token; 0 = length-blind); default: the library's")
     parser.add_argument("--force-after", type=int, default=None,
                         help="the grammar filter's force_after (0 = never force a witness token); default: the library's")
+    parser.add_argument("--frontier", type=int, choices=[0, 1], default=None,
+                        help="the grammar filter's frontier (1: tokens wait while more than exact_cells masks precede "
+                             "them); default: the library's")
+    parser.add_argument("--count-gaps", action="store_true",
+                        help="the grammar filter's count_gaps (whole-canvas checks bound each longer gap's tokens)")
     args = parser.parse_args()
     model = dllm.load(args.model)
     examples = load_test_set(args.task)[:args.limit]
@@ -141,7 +151,8 @@ def main() -> None:
         base = None
         for variant in args.variants:
             r = run(model, examples, threshold, variant, args.batch, args.slot_length, args.exact_cells,
-                    args.force_after)
+                    args.force_after, args.count_gaps,
+                    None if args.frontier is None else bool(args.frontier))
             base = base or r["wall"]
             print(f"{threshold:>9} {variant:>9} {r['parse']:>6.1%} {r['parse_w']:>8.1%} {r['valid']:>6.1%} {r['exact']:>6.1%} "
                   f"{r['nfe']:>6.2f} {r['tpf']:>6.2f} {r['tps']:>7.0f} {r['wall']:>7.2f} {r['wall'] / base:>6.2f} "

@@ -49,7 +49,7 @@ def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Gene
     * ``return_trajectory``: also record every step's commits (``out.trajectory``).
     * ``eotp``: End-of-Text prediction with any sampler (``"committed"``: once a row commits EOS, everything after
       it is cut; ``"predicted"``: cut at a confidently predicted EOS; ``"fill"``: write the rest of the block as EOS,
-      without cutting). ``max_rejections``: filter vetoes a row may collect before it ends as ``"stuck"``.
+      without cutting). ``max_rejections``: filter vetoes a row may collect without a commit before it ends as ``"stuck"``.
     * ``grammar``: constrain the output to a grammar — ``"json"``, a ``.lark`` path, Lark text, or a JSON Schema
       dict (no scaffold); every committed token keeps the output completable (filter ``grammar``,
       ``dllm/filters/grammar.py``); rows left with no allowed token end as ``"stuck"`` with a completion in
@@ -147,7 +147,8 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     modifier_objs = _plugins(modifiers, args.modifiers, options)
     filter_objs = _plugins(filters, args.filters, options)
     grammar_filter = None
-    grammar_only = [k for k in ("grammar_backend", "open_end", "defer_eos", "exact_cells", "force_after") if k in options]
+    grammar_only = [k for k in ("grammar_backend", "open_end", "defer_eos", "exact_cells", "force_after",
+                                        "count_gaps", "frontier") if k in options]
     if grammar is None and grammar_only:
         raise ValueError(f"{grammar_only[0]} is an option of grammar-constrained decoding: "
                          "pass grammar= or schema= too")

@@ -242,14 +242,14 @@ def test_bans_with_sampling_and_a_modifier_keep_outputs_parseable_and_seeded():
 
 def test_a_cell_with_every_token_banned_ends_its_row_as_stuck():
     """With a rejection budget larger than the vocabulary the grammar can ban every token of one cell (here
-    two tiny-cot JSON rows at threshold 0, with length-blind gaps). The next step must call such a row stuck, not mistake that cell's
+    two tiny-cot JSON rows at threshold 0, with length-blind gaps and no frontier). The next step must call such a row stuck, not mistake that cell's
     all -inf logits for a broken model (it raised "non-finite logits" before)."""
     from dllm.tiny.tasks import load_test_set
 
     model = dllm.load("tiny-cot")
     examples = load_test_set("cot_json")
     out = dllm.generate(model, [examples[12].prompt, examples[21].prompt], sampler="threshold", threshold=0.0,
-                        grammar="json", max_rejections=1000, exact_cells=0)
+                        grammar="json", max_rejections=1000, exact_cells=0, frontier=False)
     assert out.status == ["stuck", "stuck"]
     check_outputs(out, load_grammar("json"))
 
@@ -283,10 +283,38 @@ def test_rows_stuck_at_threshold_zero_finish_with_forced_cells():
     examples = load_test_set("cot_json")
     prompts = [examples[12].prompt, examples[21].prompt]
     blind = dllm.generate(model, prompts, sampler="threshold", threshold=0.0, grammar="json", exact_cells=0,
-                          force_after=0)
+                          force_after=0, frontier=False)
     assert blind.status == ["stuck", "stuck"]
     out = dllm.generate(model, prompts, sampler="threshold", threshold=0.0, grammar="json")
     assert out.status == ["eos", "eos"] and sum(out.stats.counters["grammar_forced"]) > 0
     check_outputs(out, load_grammar("json"))
     for text in out.texts:
         json.loads(text)
+
+
+def _schema_of(value) -> dict:
+    """The schema of a reference answer: its keys all required, value types, nested objects and arrays."""
+    if isinstance(value, dict):
+        return {"type": "object", "required": list(value), "properties": {k: _schema_of(v) for k, v in value.items()}}
+    if isinstance(value, list):
+        return {"type": "array", "items": _schema_of(value[0]) if value else {}}
+    return {"type": "integer" if isinstance(value, int) else "string"}
+
+
+@pytest.mark.parametrize("row", [44, 49])
+def test_frontier_finishes_schema_rows_that_end_stuck_without_it(row):
+    """tiny-cot schema rows at threshold 0.5 that end stuck without the frontier (the model closes the object
+    early, leaving a long gap too short for the required keys; the length-blind long gap hides it until every
+    token is rejected there) finish with the defaults and validate: with the frontier only the last gap is
+    long, and its tokens are counted."""
+    import jsonschema
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    example = load_test_set("cot_json")[row]
+    schema = _schema_of(json.loads(example.target))
+    old = dllm.generate(model, [example.prompt], sampler="threshold", threshold=0.5, grammar=schema, frontier=False)
+    assert old.status == ["stuck"]
+    out = dllm.generate(model, [example.prompt], sampler="threshold", threshold=0.5, grammar=schema)
+    assert out.status == ["eos"]
+    jsonschema.validate(json.loads(out.texts[0]), schema)

@@ -170,9 +170,10 @@ def tiny_parses(text: str) -> bool:
     return tiny_grammar().parses(text)
 
 
-def pool_oracle(backend: str, exact_cells: int = 0) -> Oracle:
+def pool_oracle(backend: str, exact_cells: int = 0, count_gaps: bool = False) -> Oracle:
     table = [None, None] + [p.encode() for p in POOL]
-    return Oracle(TINY_GRAMMAR, token_table=table, mask_id=0, eos_ids=[1], backend=backend, exact_cells=exact_cells)
+    return Oracle(TINY_GRAMMAR, token_table=table, mask_id=0, eos_ids=[1], backend=backend, exact_cells=exact_cells,
+                  count_gaps=count_gaps)
 
 
 def brute_force(cells: list[int], max_fill: int) -> bool:
@@ -527,3 +528,44 @@ def test_focused_checks_and_split_witnesses_are_sound(cells, exact_cells):
             got.append(near)
         answers.append((full, got))
     assert len({repr(a) for a in answers}) == 1
+
+
+# ---------------------------------------------------------------------------------------------- counted long gaps
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, len(POOL) + 1), min_size=1, max_size=6).filter(lambda cs: 1 <= cs.count(0) <= 4))
+def test_counted_gaps_between_exact_and_loose(cells):
+    """``count_gaps`` with every gap long (``exact_cells=0``): never "no" where some token filling parses, never
+    "yes" where the length-blind check says "no"; where the only run of masks ends the output (so it may hold
+    at most as many tokens as it has cells, exactly what the count bounds) it equals token brute force. numba
+    and pure Python agree."""
+    answers = {}
+    for backend in BACKENDS:
+        answers[backend] = pool_oracle(backend, count_gaps=True).feasible(cells)
+    counted = answers["python"]
+    assert len(set(answers.values())) == 1, answers
+    truth = brute_force_tokens(cells)
+    loose = pool_oracle("python").feasible(cells)
+    assert (not truth or counted) and (not counted or loose), (cells, truth, counted, loose)
+    end = cells.index(1) if 1 in cells else len(cells)
+    masks = [i for i in range(end) if cells[i] == 0]
+    if masks and masks == list(range(masks[0], end)) and all(c == 1 or c == 0 for c in cells[end:]):
+        assert counted == truth, (cells, truth, counted)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_counted_gaps_catch_a_gap_too_short_for_the_required_keys(tiny_tok, backend):
+    """Five masks cannot hold ``, "city": "x", "size": 1`` (more than five tokens): the length-blind check
+    accepts the canvas, the counted one refuses it as the fully unrolled one does, and both accept the same
+    canvas with room for the keys."""
+    schema = {"type": "object", "required": ["name", "city", "size"],
+              "properties": {"name": {"type": "string"}, "city": {"type": "string"}, "size": {"type": "integer"}}}
+    mask, eos = tiny_tok.token_to_id("<|mdm_mask|>"), tiny_tok.token_to_id("<|endoftext|>")
+    kw = dict(mask_id=mask, eos_ids=[eos], backend=backend)
+    loose, counted = Oracle(schema, tiny_tok, **kw), Oracle(schema, tiny_tok, count_gaps=True, **kw)
+    unrolled = Oracle(schema, tiny_tok, exact_cells=32, **kw)
+    head, tail = tiny_tok.encode('{"name": "Rome"').ids, tiny_tok.encode("}").ids + [eos]
+    short, roomy = head + [mask] * 5 + tail, head + [mask] * 24 + tail
+    assert loose.feasible(short) and not counted.feasible(short) and not unrolled.feasible(short)
+    assert counted.feasible(roomy) and unrolled.feasible(roomy)
+    two = head + [mask] * 5 + tiny_tok.encode(', "size": 1').ids + [mask] * 5 + tail  # each fits, not together
+    assert counted.feasible(two) == unrolled.feasible(two)

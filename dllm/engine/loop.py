@@ -72,7 +72,7 @@ class DecodeSettings:
     record: bool = False
     generators: list[torch.Generator] | None = None  # one per row (sampling, random remasking)
     processors: list[LogitProcessor] = field(default_factory=list)
-    max_rejections: int = 100  # filter rejections per row before the row ends as stuck
+    max_rejections: int = 100  # filter rejections a row may collect without a commit before it ends as stuck
 
 
 class Engine:
@@ -177,6 +177,9 @@ class Engine:
             decision = self._decide(view)
             commit, tokens = decision.commit, decision.tokens
             self._mark_stuck(masked.any(-1) & ~commit.any(-1))  # nothing allowed is left: never loop
+            # a commit is progress: the budget counts rejections since the row's last commit (a row still ends,
+            # since every commit fills a cell; a filter that forces tokens after vetoes needs this)
+            self.rejections = torch.where(commit.any(-1), torch.zeros_like(self.rejections), self.rejections)
             window = canvas.x[:, start:end]
             canvas.x[:, start:end] = torch.where(commit, tokens, window)
             if decision.end is not None:
@@ -503,8 +506,8 @@ class Engine:
             raise DecodeError(f"the model produced non-finite logits at step {self.total_steps} (span {span}) for "
                               f"row(s) {rows}: check the weights, dtype and logit processors")
         for r in self.rows[stuck_now].tolist():
-            self.reasons[r] = (f"stuck: filters rejected more than {self.settings.max_rejections} tokens or left "
-                               "no allowed token to commit")
+            self.reasons[r] = (f"stuck: filters rejected more than {self.settings.max_rejections} tokens without a "
+                               "commit or left no allowed token to commit")
         if self.stops is not None:
             seen = self.stops.seen(x, self.rows, canvas.gen_start, prefix_end)
             for r in self.rows[seen & ~settled_now].tolist():

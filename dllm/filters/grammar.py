@@ -50,7 +50,7 @@ the oracle).
 
 Added by ``dllm.generate(grammar=..., schema=..., template=...)``; also usable as ``filters=["grammar"]``
 (options ``grammar`` = anything ``dllm.grammars.load_grammar`` takes, ``grammar_backend``, ``open_end``,
-``defer_eos``, ``exact_cells``, ``force_after``).
+``defer_eos``, ``exact_cells``, ``force_after``, ``count_gaps``, ``frontier``).
 """
 
 from __future__ import annotations
@@ -64,6 +64,29 @@ from ..engine.view import Decision, StepView
 from ..grammars.kernels import EOS, MASK
 from ..grammars.oracle import EXACT_CELLS
 
+FORCE_UNROLL = 16  # a forced cell's second witness unrolls gaps up to this many masks (see ``_force``)
+
+
+def _masks_before(cells) -> int:
+    """Number of masked cells right before the end of ``cells`` (the run a commit after them would close)."""
+    filled = (cells != MASK).nonzero()[0]
+    return int(cells.shape[0]) - (int(filled[-1]) + 1 if filled.size else 0)
+
+
+def _frontier_holds(cells, limit: int) -> bool:
+    """Is every run of masks that a committed non-EOS token follows at most ``limit`` long (``frontier``)?"""
+    run = 0
+    for c in cells.tolist():
+        if c == MASK:
+            run += 1
+            continue
+        if c == EOS:
+            return True
+        if run > limit:
+            return False
+        run = 0
+    return True
+
 from .base import Filter, register
 
 
@@ -76,6 +99,8 @@ class GrammarFilter(Filter):
     defer_eos: bool = False  # True: an EOS lands only once every cell before it is filled (see ``_deferred``)
     exact_cells: int = EXACT_CELLS  # gaps of at most this many masks are checked token by token (0: length-blind)
     force_after: int = 3  # rejections at one cell of such a gap before it takes the witness's token (0: never)
+    count_gaps: bool = False  # True: whole-canvas checks also bound each longer gap's tokens (slow, see Oracle)
+    frontier: bool = True  # a token waits while more than exact_cells masks precede it (``_deferred``)
 
     def validate(self) -> None:
         if self.grammar_backend not in (None, "numba", "python", "auto"):
@@ -84,6 +109,9 @@ class GrammarFilter(Filter):
             raise ValueError(f"exact_cells must be an integer >= 0 (got {self.exact_cells!r}); 0 = length-blind gaps")
         if isinstance(self.force_after, bool) or not isinstance(self.force_after, int) or self.force_after < 0:
             raise ValueError(f"force_after must be an integer >= 0 (got {self.force_after!r}); 0 = never force")
+        for option in ("count_gaps", "frontier", "defer_eos", "open_end"):
+            if not isinstance(getattr(self, option), bool):
+                raise ValueError(f"{option} must be True or False (got {getattr(self, option)!r})")
         from ..grammars import load_grammar
 
         self.compiled = load_grammar(self.grammar)  # syntax errors, empty languages, schema keywords: now
@@ -97,11 +125,12 @@ class GrammarFilter(Filter):
 
         if not hasattr(self, "compiled"):
             self.validate()
-        key = (id(model.tokenizer), model.mask_id, tuple(eos_ids), self.exact_cells)
+        counted = self.count_gaps or self.frontier
+        key = (id(model.tokenizer), model.mask_id, tuple(eos_ids), self.exact_cells, counted)
         if getattr(self, "_oracle_key", None) != key:
             self.oracle = Oracle(self.compiled, model.tokenizer, mask_id=model.mask_id, eos_ids=eos_ids,
                                  backend=self.grammar_backend, open_end=self.open_end,
-                                 exact_cells=self.exact_cells)
+                                 exact_cells=self.exact_cells, count_gaps=counted)
             self._oracle_key = key
             excluded = torch.from_numpy(self.oracle.excluded.copy())
             if excluded.shape[0] < model.vocab_size:
@@ -212,10 +241,12 @@ class GrammarFilter(Filter):
         a few rows either way and the forwards are a real cost (the EOS tail waits for the text): off by
         default. A variant that let an EOS land early when a witness ending fitted the cells before it kept
         the forwards but also the stuck rows (the model later filled those cells with other text)."""
-        if not self.defer_eos or code != EOS:
-            return False
         before = cells[:pos]
-        return not (before == EOS).any() and bool((before == MASK).any())
+        if (before == EOS).any():
+            return False  # after the end of output: lands as EOS (``_check_pair``)
+        if code != EOS:
+            return self.frontier and _masks_before(before) > self.exact_cells
+        return self.defer_eos and bool((before == MASK).any())
 
     def _check_row(self, b: int, pairs: list[tuple[int, int]]) -> tuple[list[bool], list[bool], list[int]]:
         """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags, and
@@ -241,7 +272,8 @@ class GrammarFilter(Filter):
                 together[pos] = code
             else:
                 state.checks += 1
-                if self.oracle.status_cells(together) == 1:
+                if (not self.frontier or _frontier_holds(together, self.exact_cells)) and \
+                        self.oracle.status_cells(together) == 1:
                     return [True] * len(pairs), [False] * len(pairs), [t for _, t in pairs]
         kept, vetoed, landing, scratch = self._check_pass(b, pairs, exact=False)
         if scratch is not None and not any(vetoed) and self.exact_cells and self._confirm(state, scratch):
@@ -280,7 +312,7 @@ class GrammarFilter(Filter):
                 return kept, vetoed, landing, scratch
         for i in sorted(waiting, key=lambda i: pairs[i][0]):
             pos, tok = pairs[i]
-            if not self._deferred(state.cells if scratch is None else scratch, pos, EOS):
+            if not self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
                 self.deferrals[self.caller[b]] -= 1
                 scratch, kept[i], vetoed[i], landing[i] = self._check_pair(b, pos, tok, scratch, exact)
                 if vetoed[i]:
@@ -332,16 +364,57 @@ class GrammarFilter(Filter):
         the default budget of 100. The witness is a completion of the current canvas, so its token keeps
         the row completable; it is the grammar's choice, not the model's, and is counted in
         ``grammar_forced``. A cell in a longer gap gets its token from a witness with the gap cut at the cell
-        (``Oracle.witness_tokens(split_at=)``)."""
+        (``Oracle.witness_tokens(split_at=)``). The witness's search does not count a long gap's tokens, so its
+        token is checked like any commit; when it fails (it left a long gap more text than it has cells), a
+        second witness unrolls gaps of up to ``FORCE_UNROLL`` masks; when that fails too, nothing is forced."""
         state = self.states[b]
         if not self.force_after or state.rejected_at.get(pos, 0) < self.force_after:
             return None
-        chosen = self.oracle.witness_tokens(cells, split_at=pos)
-        # the cell is unrolled (split there): no token means the completion ends before it, i.e. EOS fits
-        token = None if chosen is None else chosen.get(pos, self.eos_token)
+        token = None
+        for unroll in (None, FORCE_UNROLL):
+            chosen = self.oracle.witness_tokens(cells, split_at=pos, unroll=unroll)
+            if chosen is None:
+                return None
+            # the cell is unrolled (split there): no token means the completion ends before it, i.e. EOS fits
+            witness = chosen.get(pos, self.eos_token)
+            blank = not self.oracle.tokens.table[witness].strip()  # fits almost anywhere, rarely progress
+            for token in ([self._content_token(cells, pos)] if blank else []) + [witness]:
+                if token is None:
+                    continue
+                cand = cells.copy()
+                cand[pos] = self.oracle.code(token)
+                state.checks += 1
+                if self.oracle.status_cells(cand) == 1:
+                    break
+                token = None  # e.g. the witness filled a long gap with more tokens than it has cells
+            if token is not None:
+                break
         if token is not None:
             self.forced[self.caller[b]] = self.forced.get(self.caller[b], 0) + 1
         return token
+
+    def _content_token(self, cells, pos: int) -> int | None:
+        """The longest vocabulary token that starts the next non-blank text of a witness completion, when every
+        cell before ``pos`` is filled (else None). Why: a blank witness token fits almost anywhere in JSON, so
+        forcing it keeps a row completable without moving it on; measured on tiny-cot schema rows at
+        threshold 0, one row had 32 cells forced to a tab and ended stuck on the rejection budget."""
+        if (cells[:pos] == MASK).any():
+            return None
+        completion = self.oracle.witness_cells(cells)
+        table = self.oracle.tokens.table
+        prefix = b"".join(table[int(c)] for c in cells[:pos] if c >= 0)
+        if completion is None or not completion.startswith(prefix):
+            return None
+        rest = completion[len(prefix):].lstrip()
+        if not hasattr(self, "_by_bytes"):
+            self._by_bytes = {data: i for i, data in enumerate(table)
+                              if data and not self.oracle.excluded[i] and i not in self.oracle.eos_ids}
+            self._longest = max(map(len, self._by_bytes), default=0)
+        for n in range(min(len(rest), self._longest), 0, -1):
+            token = self._by_bytes.get(rest[:n])
+            if token is not None:
+                return token
+        return None
 
     def _fallback(self, b: int, confidence: torch.Tensor, x0: torch.Tensor, offset: int,
                   tried: set[int]) -> tuple[int, int] | None:
@@ -419,4 +492,4 @@ class GrammarFilter(Filter):
         grammar = self.grammar if isinstance(self.grammar, (str, dict)) else type(self.grammar).__name__
         return {"filter": self.name, "grammar": grammar, "grammar_backend": self.grammar_backend,
                 "open_end": self.open_end, "defer_eos": self.defer_eos, "exact_cells": self.exact_cells,
-                "force_after": self.force_after}
+                "force_after": self.force_after, "count_gaps": self.count_gaps, "frontier": self.frontier}

@@ -56,6 +56,12 @@ Semantics and choices
   a completion for every unrolled cell. A check may unroll only the gaps next to one cell
   (``status_cells(near=)``, ``allows(exact=False)``): still sound, much cheaper on canvases with many
   short gaps; the engine's filter confirms each row's step with one check that unrolls them all.
+* ``count_gaps=True`` (off by default: slower): a whole-canvas check also bounds the longer gaps' tokens. Each
+  one alone must hold what the grammar needs there in at most as many tokens as it has masks (one looped copy
+  of the vocabulary automaton whose token ends cost one, and a lightest-derivation search with that budget),
+  and all of them together within their total. Exact when a canvas has one long gap and it ends the output
+  (the grammar filter's ``frontier`` keeps every canvas so); otherwise still an over-approximation (two
+  long gaps can each fit alone and not together).
 * Lexing is nondeterministic (every split of the text into terminals is considered), i.e. lark's
   ``lexer='dynamic_complete'``; for JSON, whose values are always separated by punctuation, this is the
   same as ordinary JSON. Validate final outputs with ``Grammar.parses`` (that lexer) or ``json.loads``.

@@ -21,6 +21,11 @@ Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = 
   possibly empty (the reference's semantics). ``split_at`` (a masked cell, or -1) cuts its run in three: the
   cells before it, the cell itself (always unrolled) and the cells after it, each part then treated by the
   rule above (a sound over-approximation of the whole run; used to pick one cell's token in a witness);
+* a run listed in ``counted`` (start cells) is laid out as **one looped copy** of the cell automaton: a token
+  may end by returning to the copy's root (the next token) or by leaving the run, and both edges cost one
+  token; every other edge costs nothing. ``search_counted`` then asks for a derivation whose lexemes cost at
+  most a budget, so a run of m masks holds at most m tokens without m copies of the automaton (the only
+  cycles of the graph are these back edges);
 * the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
   cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
   cell; with ``open_end=True`` (the reference's behaviour) a canvas without EOS has an open trailing gap.
@@ -29,10 +34,12 @@ NFA: the canvas becomes a DAG of byte edges whose nodes are numbered in topologi
 byte boundary of committed text, one node per (cell, automaton state) of an unrolled run (edges carry one
 representative byte per class, which the lexer cannot tell apart from the others), and a loose gap marks
 its node as a *gap node* with an implicit self-loop on every terminal. A sweep in node order keeps every
-lexeme in progress as (origin node, global DFA state) and pushes it along every byte edge; at a loose gap
+lexeme in progress as (origin node, global DFA state, tokens counted) and pushes it along every byte edge
+(a counted run's nodes are swept again while its back edges bring new lexemes to its root); at a loose gap
 each one is widened to its closure R_T, and lexemes may start inside it (closure of the start state). A
-lexeme reaching an accepting state at node w emits the edge (origin, T, w). Edges therefore always go
-forward (I1) and gap nodes carry no explicit self-loop (I2). Only nodes where a lexeme ended (or node 0)
+lexeme reaching an accepting state at node w emits the edge (origin, T, w, tokens counted). Without counted
+runs edges therefore always go forward (I1) and gap nodes carry no explicit self-loop (I2); ``search`` relies
+on both and is only given such graphs. Only nodes where a lexeme ended (or node 0)
 start lexemes; a backward pass keeps the nodes that reach an end node; nodes are renumbered in order. If
 node 0 reaches no end the canvas is infeasible without touching the grammar (a pure lexing failure, the
 cheapest rejection).
@@ -87,6 +94,15 @@ def _run_end(cells, j, e, split_at):
 
 
 @_helper
+def _counted(counted, j):
+    """Is the run of masks that starts at cell ``j`` one of the counted runs (laid out as one looped automaton)?"""
+    for i in range(counted.shape[0]):
+        if counted[i] == j:
+            return True
+    return False
+
+
+@_helper
 def _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
     """Is the run of masks j..k-1 laid out cell by cell (else: one loose gap)?"""
     if j == split_at:
@@ -99,7 +115,7 @@ EOS = -2
 
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
-              c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at):
+              c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -115,14 +131,16 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     for j in range(e + 1, L):
         if cells[j] >= 0:
             return (0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
-                    empty_i, empty_i, empty_b, empty_b, empty_i)
-    # ---- the canvas as a DAG of byte edges: count, then lay out
+                    empty_i, empty_i, empty_b, empty_b, empty_i, empty_i)
+    # ---- the canvas as a graph of byte edges: count, then lay out
     cell_edges = 0
+    loop_edges = 0
     for a in range(n_cs):
         for c in range(n_cls):
             t = c_step[a * n_cls + c]
             if t >= 0:
                 cell_edges += np.int64(c_live[t]) + np.int64(c_final[t])
+                loop_edges += np.int64(c_live[t]) + 2 * np.int64(c_final[t])
     N = 1
     M = 0
     j = 0
@@ -133,7 +151,10 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             j += 1
         else:
             k = _run_end(cells, j, e, split_at)
-            if _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
+            if _counted(counted, j):
+                N += n_cs
+                M += loop_edges
+            elif _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
                 N += (k - j) * n_cs
                 M += (k - j) * cell_edges
             j = k
@@ -141,8 +162,10 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     d_dst = np.empty(M, dtype=np.int32)
     d_byte = np.empty(M, dtype=np.uint8)
     d_cell = np.full(M, -1, dtype=np.int32)
+    d_cost = np.zeros(M, dtype=np.uint8)
     d_gap = np.zeros(N, dtype=np.uint8)
     is_end = np.zeros(N, dtype=np.uint8)
+    is_root = np.zeros(N, dtype=np.uint8)  # a counted run's looped automaton: nodes root .. root + n_cs - 1
     u = 0
     m = 0
     j = 0
@@ -158,7 +181,26 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             j += 1
             continue
         k = _run_end(cells, j, e, split_at)
-        if _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
+        if _counted(counted, j):
+            # one looped copy of the cell automaton: a token's end returns to the root (the next token) or
+            # leaves the run; both cost one token, the only weighted edges of the graph
+            is_root[u] = 1
+            if k == e:
+                is_end[u] = 1
+            for a in range(n_cs):
+                for cl in range(n_cls):
+                    t = c_step[a * n_cls + cl]
+                    if t < 0:
+                        continue
+                    for kind in range(3):  # stay in the token / end it and go on / end it and leave the run
+                        if (c_live[t] if kind == 0 else c_final[t]) != 0:
+                            d_src[m] = u + a
+                            d_dst[m] = u + t if kind == 0 else (u if kind == 1 else u + n_cs)
+                            d_byte[m] = c_byte[cl]
+                            d_cost[m] = 0 if kind == 0 else 1
+                            m += 1
+            u += n_cs
+        elif _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
             # one copy of the cell automaton per cell: node J_i + a is state a of cell i (a = 0: junction)
             for i in range(k - j):
                 if k == e:
@@ -187,39 +229,66 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         d_ptr[d_src[k] + 1] += 1
     for v in range(N):
         d_ptr[v + 1] += d_ptr[v]
-    # ---- sweep in node order, keeping every lexeme in progress as (origin node, global DFA state)
+    # ---- sweep in node order, keeping every lexeme in progress as (origin node, global DFA state, tokens
+    # counted so far); the counted run's nodes are swept again (a "round") while its back edges bring new
+    # lexemes to its root, so each round costs one more token and a lexeme first seen at the root is cheapest
     stamp = np.zeros(n_gs * N, dtype=np.int32)
+    slot = np.empty(n_gs * N, dtype=np.int32)
     estamp = np.zeros(n_terms * N, dtype=np.int32)
+    eslot = np.empty(n_terms * N, dtype=np.int32)
+    at_root = np.zeros(n_gs * N if counted.shape[0] else 1, dtype=np.int32)  # 1 + the root a lexeme was at
+    started = np.zeros(N, dtype=np.uint8)
     reach = np.zeros(N, dtype=np.uint8)
     reach[0] = 1
     head = np.full(N, -1, dtype=np.int32)
     p_next = np.empty(256, dtype=np.int32)
     p_o = np.empty(256, dtype=np.int32)
     p_s = np.empty(256, dtype=np.int32)
+    p_c = np.empty(256, dtype=np.int32)
     npend = 0
     act_o = np.empty(64, dtype=np.int32)
     act_s = np.empty(64, dtype=np.int32)
+    act_c = np.empty(64, dtype=np.int32)
     nxt_o = np.empty(64, dtype=np.int32)
     nxt_s = np.empty(64, dtype=np.int32)
+    nxt_c = np.empty(64, dtype=np.int32)
     es = np.empty(256, dtype=np.int32)
     et = np.empty(256, dtype=np.int32)
     ed = np.empty(256, dtype=np.int32)
+    ec = np.empty(256, dtype=np.int32)
     ne = 0
     tick = 0
-    for u in range(N):
+    again = False
+    cur = -1  # root of the counted run being swept
+    u = 0
+    while u < N:
+        if is_root[u]:
+            cur = u
         tick += 1
         na = 0
         k = head[u]
+        head[u] = -1
         while k >= 0:
             key = p_s[k] * N + p_o[k]
+            if u == cur:
+                if at_root[key] == u + 1:
+                    k = p_next[k]
+                    continue
             if stamp[key] != tick:
                 stamp[key] = tick
                 if na == act_o.shape[0]:
-                    act_o, act_s = _grown(act_o, na), _grown(act_s, na)
+                    act_o, act_s, act_c = _grown(act_o, na), _grown(act_s, na), _grown(act_c, na)
+                slot[key] = na
                 act_o[na] = p_o[k]
                 act_s[na] = p_s[k]
+                act_c[na] = p_c[k]
                 na += 1
+            elif p_c[k] < act_c[slot[key]]:
+                act_c[slot[key]] = p_c[k]
             k = p_next[k]
+        if u == cur:
+            for k in range(na):
+                at_root[act_s[k] * N + act_o[k]] = u + 1
         if d_gap[u]:
             tick += 1
             nb = 0
@@ -232,31 +301,41 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     if stamp[key] != tick:
                         stamp[key] = tick
                         if nb == nxt_o.shape[0]:
-                            nxt_o, nxt_s = _grown(nxt_o, nb), _grown(nxt_s, nb)
+                            nxt_o, nxt_s, nxt_c = _grown(nxt_o, nb), _grown(nxt_s, nb), _grown(nxt_c, nb)
+                        slot[key] = nb
                         nxt_o[nb] = o
                         nxt_s[nb] = s2
+                        nxt_c[nb] = act_c[k]
                         nb += 1
+                    elif act_c[k] < nxt_c[slot[key]]:
+                        nxt_c[slot[key]] = act_c[k]
             act_o, nxt_o = nxt_o, act_o
             act_s, nxt_s = nxt_s, act_s
+            act_c, nxt_c = nxt_c, act_c
             na = nb
         # lexemes completing at node u
         for k in range(na):
             s = act_s[k]
             o = act_o[k]
-            if g_acc[s] and o != u:
+            if g_acc[s] and (o != u or act_c[k] > 0):  # non-empty: it left u, or went round the counted run
                 t = g_term[s]
                 key = t * N + o
                 if estamp[key] != u + 1:
                     estamp[key] = u + 1
                     if ne == es.shape[0]:
-                        es, et, ed = _grown(es, ne), _grown(et, ne), _grown(ed, ne)
+                        es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
+                    eslot[key] = ne
                     es[ne] = o
                     et[ne] = t
                     ed[ne] = u
+                    ec[ne] = act_c[k]
                     ne += 1
                     reach[u] = 1
-        # lexemes starting at node u (inside the gap when u is a loose gap)
-        if reach[u]:
+                elif act_c[k] < ec[eslot[key]]:
+                    ec[eslot[key]] = act_c[k]
+        # lexemes starting at node u (inside the gap when u is a loose gap); once per node
+        if reach[u] and not started[u]:
+            started[u] = 1
             for t in range(n_terms):
                 s0 = g_start[t]
                 lo = clo_ptr[s0] if d_gap[u] else 0
@@ -264,10 +343,13 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 for ci in range(lo, hi):
                     s2 = clo_idx[ci] if d_gap[u] else s0
                     if na == act_o.shape[0]:
-                        act_o, act_s = _grown(act_o, na), _grown(act_s, na)
+                        act_o, act_s, act_c = _grown(act_o, na), _grown(act_s, na), _grown(act_c, na)
                     act_o[na] = u
                     act_s[na] = s2
+                    act_c[na] = 0
                     na += 1
+                    if u == cur:
+                        at_root[s2 * N + u] = u + 1
         # every lexeme in progress follows every byte edge leaving u
         for ei in range(d_ptr[u], d_ptr[u + 1]):
             v = d_dst[ei]
@@ -276,23 +358,37 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 s2 = g_step[act_s[k] * 256 + b]
                 if s2 >= 0:
                     if npend == p_o.shape[0]:
-                        p_next, p_o, p_s = _grown(p_next, npend), _grown(p_o, npend), _grown(p_s, npend)
+                        p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
+                        p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
                     p_o[npend] = act_o[k]
                     p_s[npend] = s2
+                    p_c[npend] = act_c[k] + d_cost[ei]
                     p_next[npend] = head[v]
                     head[v] = npend
                     npend += 1
-    # ---- keep the nodes that are reached from node 0 and reach an end of output
+                    if v == cur:
+                        again = True
+        if cur >= 0 and u == cur + n_cs - 1 and again:
+            again = False
+            u = cur
+        else:
+            u += 1
+    # ---- keep the nodes that are reached from node 0 and reach an end of output (edges are listed by end
+    # node, so one backward pass suffices unless the counted run's back edges need more)
     co = np.zeros(N, dtype=np.uint8)
     for v in range(N):
         if is_end[v] and reach[v]:
             co[v] = 1
-    for k in range(ne - 1, -1, -1):
-        if co[ed[k]]:
-            co[es[k]] = 1
+    grew = True
+    while grew:
+        grew = False
+        for k in range(ne - 1, -1, -1):
+            if co[ed[k]] and not co[es[k]]:
+                co[es[k]] = 1
+                grew = counted.shape[0] > 0
     if not co[0]:
         return (0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
-                d_ptr, d_dst, d_byte, d_gap, d_cell)
+                d_ptr, d_dst, d_byte, d_gap, d_cell, empty_i)
     newid = np.full(N, -1, dtype=np.int32)
     n = 0
     for v in range(N):
@@ -309,19 +405,21 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             node_end[newid[v]] = is_end[v]
     kept = 0
     for k in range(ne):
-        if co[ed[k]]:
+        if co[ed[k]] and co[es[k]]:
             kept += 1
     ks = np.empty(kept, dtype=np.int32)
     kt = np.empty(kept, dtype=np.int32)
     kd = np.empty(kept, dtype=np.int32)
+    kc = np.empty(kept, dtype=np.int32)
     i = 0
     for k in range(ne):
-        if co[ed[k]]:
+        if co[ed[k]] and co[es[k]]:
             ks[i] = newid[es[k]]
             kt[i] = et[k]
             kd[i] = newid[ed[k]]
+            kc[i] = ec[k]
             i += 1
-    return 1, n, node_orig, node_gap, ks, kt, kd, node_end, d_ptr, d_dst, d_byte, d_gap, d_cell
+    return 1, n, node_orig, node_gap, ks, kt, kd, node_end, d_ptr, d_dst, d_byte, d_gap, d_cell, kc
 
 
 def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
@@ -465,6 +563,121 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
     return 0, bp_rule, bp_aux, -1
 
 
+@_helper
+def _bit_index(low):
+    """Index of the single set bit of ``low`` (the compiled helper makes the LLVM intrinsic callable from Python)."""
+    return trailing_zeros(low)
+
+
+@_helper
+def _bucket_push(b_head, b_next, b_item, nb, idx, c):
+    """Queue triple ``idx`` at cost ``c`` (one LIFO list per cost); returns the (possibly grown) arrays."""
+    if nb == b_next.shape[0]:
+        b_next, b_item = _grown(b_next, nb), _grown(b_item, nb)
+    b_item[nb] = idx
+    b_next[nb] = b_head[c]
+    b_head[c] = nb
+    return b_next, b_item, nb + 1
+
+
+def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, start_nt, t_ptr, t_a, u_ptr, u_a,
+                   l_ptr, l_c, l_a, r_ptr, r_c, r_a, eps_a, budget, max_pops):
+    """Is there a derivation whose lexeme edges cost at most ``budget`` tokens in all? Knuth's lightest
+    derivation over the same triples as :func:`search`: triples leave a bucket queue in cost order, so a triple
+    is final the first time it is popped, and binary rules combine it with final partners only. The graph may
+    have cycles here (the counted run loops), so partner scans cover every word. Costs above the budget are
+    never queued. 1 feasible, 0 not, 2 work cap. Used with one counted run at a time (``build_nfa``'s
+    ``count_at``); there is no witness from this search (the plain search gives it)."""
+    W = (n + 63) >> 6
+    nn = n * n
+    right = np.zeros(n_nt * n * W, dtype=np.int64)
+    left = np.zeros(n_nt * n * W, dtype=np.int64)
+    cost = np.full(n_nt * nn, budget + 1, dtype=np.int32)
+    b_head = np.full(budget + 1, -1, dtype=np.int64)
+    b_next = np.empty(1024, dtype=np.int64)
+    b_item = np.empty(1024, dtype=np.int64)
+    nb = 0
+    one = np.int64(1)
+    for k in range(e_src.shape[0]):
+        c = e_cost[k]
+        if c > budget:
+            continue
+        t = e_term[k]
+        for j in range(t_ptr[t], t_ptr[t + 1]):
+            idx = t_a[j] * nn + e_src[k] * n + e_dst[k]
+            if c < cost[idx]:
+                cost[idx] = c
+                b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c)
+    for g in range(n):
+        if node_gap[g]:
+            for a in range(n_nt):
+                idx = a * nn + g * n + g
+                cost[idx] = 0
+                b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, 0)
+    for kk in range(eps_a.shape[0]):
+        for p in range(n):
+            idx = eps_a[kk] * nn + p * n + p
+            cost[idx] = 0
+            b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, 0)
+    pops = 0
+    for c in range(budget + 1):
+        while b_head[c] >= 0:
+            it = b_head[c]
+            b_head[c] = b_next[it]
+            cur = b_item[it]
+            if cost[cur] != c:
+                continue
+            b = cur // nn
+            rem = cur - b * nn
+            p = rem // n
+            q = rem - p * n
+            wi = (b * n + p) * W + (q >> 6)
+            bit = one << (q & 63)
+            if (right[wi] & bit) != 0:
+                continue  # already final (queued twice at this cost)
+            right[wi] |= bit
+            left[(b * n + q) * W + (p >> 6)] |= one << (p & 63)
+            if b == start_nt and p == 0 and node_end[q]:
+                return 1
+            pops += 1
+            if pops > max_pops:
+                return 2
+            for j in range(u_ptr[b], u_ptr[b + 1]):  # A -> B
+                idx = u_a[j] * nn + rem
+                if c < cost[idx]:
+                    cost[idx] = c
+                    b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c)
+            for j in range(l_ptr[b], l_ptr[b + 1]):  # A -> B C: final partners (q, C, r) give (p, A, r)
+                cb = (l_c[j] * n + q) * W
+                base = l_a[j] * nn + p * n
+                for w in range(W):
+                    bits = right[cb + w]
+                    while bits != 0:
+                        low = bits & -bits
+                        bits ^= low
+                        r = (w << 6) + _bit_index(low)
+                        c2 = c + cost[l_c[j] * nn + q * n + r]
+                        if c2 < cost[base + r]:
+                            cost[base + r] = c2
+                            b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, base + r, c2)
+            for j in range(r_ptr[b], r_ptr[b + 1]):  # A -> C B: final partners (r, C, p) give (r, A, q)
+                cb = (r_c[j] * n + p) * W
+                for w in range(W):
+                    bits = left[cb + w]
+                    while bits != 0:
+                        low = bits & -bits
+                        bits ^= low
+                        r = (w << 6) + _bit_index(low)
+                        c2 = c + cost[r_c[j] * nn + r * n + p]
+                        idx = r_a[j] * nn + r * n + q
+                        if c2 < cost[idx]:
+                            if r_a[j] == start_nt and r == 0 and node_end[q]:
+                                return 1
+                            cost[idx] = c2
+                            b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c2)
+    return 0
+
+
 def py_search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
               l_ptr, l_c, l_a, l_rule, r_ptr, r_c, r_a, r_rule, eps_a, eps_rule, want_bp, max_pops):
     """Pure-Python mirror of :func:`search`: Python ints as bitsets, the same seed order, the same LIFO
@@ -580,7 +793,7 @@ def _numba_kernels():
             import numba
 
             jit = numba.njit(cache=True, nogil=True)
-            _NUMBA = (jit(build_nfa), jit(search))
+            _NUMBA = (jit(build_nfa), jit(search), jit(search_counted))
         except Exception:  # numba missing or unusable: the fallback is exact, only slower
             _NUMBA = False
     return _NUMBA or None
@@ -603,4 +816,4 @@ def resolve_backend(backend: str | None = None) -> str:
 def kernels(backend: str):
     if backend == "numba":
         return _numba_kernels()
-    return py_build_nfa, py_search
+    return py_build_nfa, py_search, search_counted

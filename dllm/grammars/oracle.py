@@ -16,6 +16,11 @@ See the package docstring (``dllm/grammars/__init__.py``) for the API contract. 
   commit), and the fast paths (committed cell, excluded token, already-infeasible canvas).
 * **Work cap.** A search that exceeds ``max_pops`` worklist pops answers "not allowed" (safe for syntax,
   may over-reject) and is counted in ``state.cap_hits``.
+* **Counted long gaps** (``count_gaps``, off by default): whole-canvas checks (``near=None``) run, after the
+  plain search, one counted search per long gap and one for all of them together (``_counted``). Measured on
+  tiny-cot schema canvases: 240 random canvases agreed with fully unrolled checks in 239 cases (the 240th was
+  two gaps that each fit alone), where the length-blind check missed 89 infeasible ones; each counted search
+  costs about 7 ms there (the looped automaton has 253 states), so it is paid only where it decides.
 * **Special tokens** (``TokenTable.excluded``): never allowed, except EOS ids (end of output). The mask id
   marks masked cells.
 """
@@ -76,7 +81,7 @@ class Oracle:
     def __init__(self, grammar="json", tokenizer=None, *, mask_id: int | None = None,
                  eos_ids: Iterable[int] | None = None, backend: str | None = None, open_end: bool = False,
                  max_pops: int = 20_000_000, token_table: "TokenTable | list[bytes | None] | None" = None,
-                 exact_cells: int = EXACT_CELLS):
+                 exact_cells: int = EXACT_CELLS, count_gaps: bool = False):
         self.grammar: Grammar = load_grammar(grammar)
         if token_table is not None:
             self.tokens = token_table if isinstance(token_table, TokenTable) else TokenTable(table=list(token_table))
@@ -92,7 +97,7 @@ class Oracle:
         self.mask_id = -1 if mask_id is None else int(mask_id)
         self.eos_ids = frozenset(int(e) for e in eos_ids)
         self.backend = K.resolve_backend(backend)
-        self._build, self._search = K.kernels(self.backend)
+        self._build, self._search, self._search_counted = K.kernels(self.backend)
         self.open_end = bool(open_end)
         self.max_pops = int(max_pops)
         self.excluded = self.tokens.excluded.copy()
@@ -104,6 +109,9 @@ class Oracle:
         if isinstance(exact_cells, bool) or not isinstance(exact_cells, int) or exact_cells < 0:
             raise ValueError(f"exact_cells must be an integer >= 0 (got {exact_cells!r})")
         self.exact_cells = exact_cells
+        if not isinstance(count_gaps, bool):
+            raise ValueError(f"count_gaps must be True or False (got {count_gaps!r})")
+        self.count_gaps = count_gaps
         allowed = ~self.excluded
         for e in self.eos_ids:
             if 0 <= e < len(allowed):
@@ -128,15 +136,45 @@ class Oracle:
         return int(self._code[token_id])
 
     # ------------------------------------------------------------------ checks on raw cell arrays
-    def _nfa(self, cells: np.ndarray, focus: tuple[int, int] | None = None, split_at: int = -1):
+    def _nfa(self, cells: np.ndarray, focus: tuple[int, int] | None = None, split_at: int = -1,
+             counted: Sequence[int] = (), unroll: int | None = None):
         ar = self.grammar.arrays
         c = self.cell
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
                            ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
-                           c.class_byte, self.exact_cells, *(focus or (0, int(cells.shape[0]))), split_at)
+                           c.class_byte, self.exact_cells if unroll is None else unroll,
+                           *(focus or (0, int(cells.shape[0]))), split_at, np.asarray(counted, dtype=np.int32))
 
-    def _run(self, cells: np.ndarray, want_bp: bool, focus: tuple[int, int] | None = None, split_at: int = -1):
-        res = self._nfa(cells, focus, split_at)
+    def _long_runs(self, cells: np.ndarray) -> list[tuple[int, int]]:
+        """(start, length) of every run of masks before the end of output that is not unrolled (longer than
+        ``exact_cells``, not an open trailing gap)."""
+        eos = np.flatnonzero(cells == K.EOS)
+        end = int(eos[0]) if eos.size else int(cells.shape[0])
+        masked = np.concatenate(([False], cells[:end] == K.MASK, [False]))
+        edges = np.flatnonzero(masked[1:] != masked[:-1])
+        runs = []
+        for j, k in zip(edges[::2].tolist(), edges[1::2].tolist()):
+            if k - j <= self.exact_cells or (k == cells.shape[0] and self.open_end):
+                continue
+            runs.append((j, k - j))
+        return runs
+
+    def _counted(self, cells: np.ndarray, starts: Sequence[int], budget: int) -> int:
+        """The canvas with the runs that start at ``starts`` holding at most ``budget`` tokens together (the
+        other long runs stay "any text"): 1 feasible, 0 not, 2 work cap."""
+        res = self._nfa(cells, counted=starts)
+        if res[0] != 1:
+            return 0
+        g = self.grammar
+        ar = g.arrays
+        return int(self._search_counted(res[1], res[3], res[7], res[4], res[5], res[6], res[13], g.n_nonterminals,
+                                        g.start_nt, ar["t_ptr"], ar["t_a"], ar["u_ptr"], ar["u_a"], ar["l_ptr"],
+                                        ar["l_c"], ar["l_a"], ar["r_ptr"], ar["r_c"], ar["r_a"], ar["eps_a"],
+                                        budget, self.max_pops))
+
+    def _run(self, cells: np.ndarray, want_bp: bool, focus: tuple[int, int] | None = None, split_at: int = -1,
+             unroll: int | None = None):
+        res = self._nfa(cells, focus, split_at, unroll=unroll)
         if res[0] != 1:
             return 0, res, None
         g = self.grammar
@@ -154,7 +192,18 @@ class Oracle:
         answer is still sound (a looser canvas), and the check costs a few unrolled cells instead of every
         short gap of the canvas (those were unrolled when the commits that made them were checked)."""
         focus = None if near is None else (near - 1, near + 1)
-        return self._run(np.ascontiguousarray(cells, dtype=np.int32), False, focus=focus)[0]
+        cells = np.ascontiguousarray(cells, dtype=np.int32)
+        status = self._run(cells, False, focus=focus)[0]
+        if status == 1 and self.count_gaps and near is None:
+            runs = self._long_runs(cells)
+            checks = [([j], m) for j, m in runs]
+            if len(runs) > 1:  # together: text one run cannot take must fit in the others
+                checks.append(([j for j, _ in runs], sum(m for _, m in runs)))
+            for starts, budget in checks:
+                status = self._counted(cells, starts, budget)
+                if status != 1:
+                    break
+        return status
 
     def feasible(self, tokens: Sequence[int]) -> bool:
         """Can the masked cells of this canvas be filled so that the output is in the grammar?"""
@@ -170,16 +219,18 @@ class Oracle:
         found = self._witness(cells)
         return None if found is None else found[0]
 
-    def witness_tokens(self, cells: np.ndarray, split_at: int = -1) -> dict[int, int] | None:
+    def witness_tokens(self, cells: np.ndarray, split_at: int = -1, unroll: int | None = None) -> dict[int, int] | None:
         """{cell index: token id} of one completion for every masked cell in a gap of at most
         ``exact_cells`` masks (longer gaps are filled with text, not tokens), or None when infeasible. With
         ``split_at`` (a masked cell) that cell gets a token even inside a longer gap: its gap is cut there,
-        and the completion is one of the canvas with that token committed."""
-        found = self._witness(cells, split_at)
+        and the completion is one of the canvas with that token committed. ``unroll`` overrides ``exact_cells``
+        for this witness (a wider unroll is slower but respects more gaps' token counts)."""
+        found = self._witness(cells, split_at, unroll)
         return None if found is None else found[1]
 
-    def _witness(self, cells: np.ndarray, split_at: int = -1):
-        status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True, split_at=split_at)
+    def _witness(self, cells: np.ndarray, split_at: int = -1, unroll: int | None = None):
+        status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True, split_at=split_at,
+                                     unroll=unroll)
         if status != 1:
             return None
         return _realize(self.grammar, res, out, self._space_ok(), self.cell, self.tokens.table)
