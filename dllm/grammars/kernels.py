@@ -110,12 +110,48 @@ def _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
     return k - j <= max_cells and not (k == L and open_end) and j <= focus_hi and k > focus_lo
 
 
+@_helper
+def _template(n_cs, N, n_gs, head, p_next, p_o, p_s, p_c, started, es, et, ed, ec, ne):
+    """``build_nfa``'s result in ``make_template`` mode (a lone counted run at node 0, swept up to its exit): the
+    lexeme edges of lexemes that start inside the run, the lexemes still in progress when they leave it
+    (cheapest cost per (origin, state)) and which nodes started lexemes, in the slots of the usual tuple:
+    (3, n_cs, exit origins, started flags, edge sources, terminals, ends, -, exit states, exit costs, -, -, -,
+    edge costs)."""
+    best = np.full(n_gs * N, -1, dtype=np.int32)
+    xo = np.empty(0, dtype=np.int32)
+    keys = np.empty(64, dtype=np.int64)
+    nx = 0
+    k = head[n_cs]
+    while k >= 0:
+        key = p_s[k] * N + p_o[k]
+        if best[key] < 0:
+            if nx == keys.shape[0]:
+                keys = _grown(keys, nx)
+            keys[nx] = key
+            nx += 1
+            best[key] = p_c[k]
+        elif p_c[k] < best[key]:
+            best[key] = p_c[k]
+        k = p_next[k]
+    xo = np.empty(nx, dtype=np.int32)
+    xs = np.empty(nx, dtype=np.int32)
+    xc = np.empty(nx, dtype=np.int32)
+    for i in range(nx):
+        xo[i] = keys[i] % N
+        xs[i] = keys[i] // N
+        xc[i] = best[keys[i]]
+    empty_b = np.zeros(0, dtype=np.uint8)
+    return (3, n_cs, xo, started[:n_cs].copy(), es[:ne].copy(), et[:ne].copy(), ed[:ne].copy(), empty_b,
+            xs, xc, empty_b, empty_b, np.zeros(0, dtype=np.int32), ec[:ne].copy())
+
+
 MASK = -1
 EOS = -2
 
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
-              c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted):
+              c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted,
+              t_src, t_term, t_dst, t_cost, t_xo, t_xs, t_xc, t_orig, make_template):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -258,10 +294,37 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     ec = np.empty(256, dtype=np.int32)
     ne = 0
     tick = 0
+    if t_orig.shape[0]:  # each counted run: what lexemes starting inside it do (``make_template``), offset
+        for r in range(N):
+            if not is_root[r]:
+                continue
+            for a in range(n_cs):
+                started[r + a] = t_orig[a]
+            for k in range(t_src.shape[0]):
+                if ne == es.shape[0]:
+                    es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
+                es[ne] = r + t_src[k]
+                et[ne] = t_term[k]
+                ed[ne] = r + t_dst[k]
+                ec[ne] = t_cost[k]
+                reach[r + t_dst[k]] = 1
+                ne += 1
+            for k in range(t_xo.shape[0]):
+                if npend == p_o.shape[0]:
+                    p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
+                    p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
+                p_o[npend] = r + t_xo[k]
+                p_s[npend] = t_xs[k]
+                p_c[npend] = t_xc[k]
+                p_next[npend] = head[r + n_cs]
+                head[r + n_cs] = npend
+                npend += 1
     again = False
     cur = -1  # root of the counted run being swept
     u = 0
     while u < N:
+        if make_template and u == n_cs:
+            break
         if is_root[u]:
             cur = u
         tick += 1
@@ -373,6 +436,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             u = cur
         else:
             u += 1
+    if make_template:
+        return _template(n_cs, N, n_gs, head, p_next, p_o, p_s, p_c, started, es, et, ed, ec, ne)
     # ---- keep the nodes that are reached from node 0 and reach an end of output (edges are listed by end
     # node, so one backward pass suffices unless the counted run's back edges need more)
     co = np.zeros(N, dtype=np.uint8)
