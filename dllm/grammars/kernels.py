@@ -25,7 +25,9 @@ Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = 
   may end by returning to the copy's root (the next token) or by leaving the run, and both edges cost one
   token; every other edge costs nothing. ``search_counted`` then asks for a derivation whose lexemes cost at
   most a budget, so a run of m masks holds at most m tokens without m copies of the automaton (the only
-  cycles of the graph are these back edges);
+  cycles of the graph are these back edges). What lexemes starting inside such a run do there is the same in
+  every run: ``make_template=True`` on a lone counted run returns it, and ``template`` lays it into each
+  counted run, so the sweep follows only the lexemes that enter the run;
 * the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
   cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
   cell; with ``open_end=True`` (the reference's behaviour) a canvas without EOS has an open trailing gap.
@@ -151,7 +153,7 @@ EOS = -2
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
               c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted,
-              t_src, t_term, t_dst, t_cost, t_xo, t_xs, t_xc, t_orig, make_template):
+              template, make_template):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -294,31 +296,33 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     ec = np.empty(256, dtype=np.int32)
     ne = 0
     tick = 0
-    if t_orig.shape[0]:  # each counted run: what lexemes starting inside it do (``make_template``), offset
-        for r in range(N):
-            if not is_root[r]:
-                continue
-            for a in range(n_cs):
-                started[r + a] = t_orig[a]
-            for k in range(t_src.shape[0]):
-                if ne == es.shape[0]:
-                    es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                es[ne] = r + t_src[k]
-                et[ne] = t_term[k]
-                ed[ne] = r + t_dst[k]
-                ec[ne] = t_cost[k]
-                reach[r + t_dst[k]] = 1
-                ne += 1
-            for k in range(t_xo.shape[0]):
-                if npend == p_o.shape[0]:
-                    p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
-                    p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-                p_o[npend] = r + t_xo[k]
-                p_s[npend] = t_xs[k]
-                p_c[npend] = t_xc[k]
-                p_next[npend] = head[r + n_cs]
-                head[r + n_cs] = npend
-                npend += 1
+    # every counted run: what lexemes starting inside it do there (the same in every counted run, swept once per
+    # oracle with ``make_template``), laid in at its offset; the sweep then follows only the lexemes that enter it
+    tm = template
+    for r in range(N):
+        if not is_root[r] or tm[7].shape[0] == 0:
+            continue
+        for a in range(n_cs):
+            started[r + a] = tm[7][a]
+        for k in range(tm[0].shape[0]):
+            if ne == es.shape[0]:
+                es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
+            es[ne] = r + tm[0][k]
+            et[ne] = tm[1][k]
+            ed[ne] = r + tm[2][k]
+            ec[ne] = tm[3][k]
+            reach[r + tm[2][k]] = 1
+            ne += 1
+        for k in range(tm[4].shape[0]):
+            if npend == p_o.shape[0]:
+                p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
+                p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
+            p_o[npend] = r + tm[4][k]
+            p_s[npend] = tm[5][k]
+            p_c[npend] = tm[6][k]
+            p_next[npend] = head[r + n_cs]
+            head[r + n_cs] = npend
+            npend += 1
     again = False
     cur = -1  # root of the counted run being swept
     u = 0
@@ -469,8 +473,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             node_gap[newid[v]] = d_gap[v]
             node_end[newid[v]] = is_end[v]
     kept = 0
-    for k in range(ne):
-        if co[ed[k]] and co[es[k]]:
+    for k in range(ne):  # a template's edge may start at a node no lexeme reaches: it is dropped with the node
+        if newid[ed[k]] >= 0 and newid[es[k]] >= 0:
             kept += 1
     ks = np.empty(kept, dtype=np.int32)
     kt = np.empty(kept, dtype=np.int32)
@@ -478,7 +482,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     kc = np.empty(kept, dtype=np.int32)
     i = 0
     for k in range(ne):
-        if co[ed[k]] and co[es[k]]:
+        if newid[ed[k]] >= 0 and newid[es[k]] >= 0:
             ks[i] = newid[es[k]]
             kt[i] = et[k]
             kd[i] = newid[ed[k]]
