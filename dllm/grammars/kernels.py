@@ -323,6 +323,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             p_next[npend] = head[r + n_cs]
             head[r + n_cs] = npend
             npend += 1
+    weighted = counted.shape[0] > 0  # else every cost is 0: no cheapest copy to keep
     again = False
     cur = -1  # root of the counted run being swept
     u = 0
@@ -345,12 +346,13 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 stamp[key] = tick
                 if na == act_o.shape[0]:
                     act_o, act_s, act_c = _grown(act_o, na), _grown(act_s, na), _grown(act_c, na)
-                slot[key] = na
+                if weighted:
+                    slot[key] = na
                 act_o[na] = p_o[k]
                 act_s[na] = p_s[k]
                 act_c[na] = p_c[k]
                 na += 1
-            elif p_c[k] < act_c[slot[key]]:
+            elif weighted and p_c[k] < act_c[slot[key]]:
                 act_c[slot[key]] = p_c[k]
             k = p_next[k]
         if u == cur:
@@ -369,12 +371,13 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                         stamp[key] = tick
                         if nb == nxt_o.shape[0]:
                             nxt_o, nxt_s, nxt_c = _grown(nxt_o, nb), _grown(nxt_s, nb), _grown(nxt_c, nb)
-                        slot[key] = nb
+                        if weighted:
+                            slot[key] = nb
                         nxt_o[nb] = o
                         nxt_s[nb] = s2
                         nxt_c[nb] = act_c[k]
                         nb += 1
-                    elif act_c[k] < nxt_c[slot[key]]:
+                    elif weighted and act_c[k] < nxt_c[slot[key]]:
                         nxt_c[slot[key]] = act_c[k]
             act_o, nxt_o = nxt_o, act_o
             act_s, nxt_s = nxt_s, act_s
@@ -391,14 +394,15 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     estamp[key] = u + 1
                     if ne == es.shape[0]:
                         es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                    eslot[key] = ne
+                    if weighted:
+                        eslot[key] = ne
                     es[ne] = o
                     et[ne] = t
                     ed[ne] = u
                     ec[ne] = act_c[k]
                     ne += 1
                     reach[u] = 1
-                elif act_c[k] < ec[eslot[key]]:
+                elif weighted and act_c[k] < ec[eslot[key]]:
                     ec[eslot[key]] = act_c[k]
         # lexemes starting at node u (inside the gap when u is a loose gap); once per node
         if reach[u] and not started[u]:
@@ -421,6 +425,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         for ei in range(d_ptr[u], d_ptr[u + 1]):
             v = d_dst[ei]
             b = d_byte[ei]
+            dc = d_cost[ei]
+            first = npend
             for k in range(na):
                 s2 = g_step[act_s[k] * 256 + b]
                 if s2 >= 0:
@@ -429,12 +435,12 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                         p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
                     p_o[npend] = act_o[k]
                     p_s[npend] = s2
-                    p_c[npend] = act_c[k] + d_cost[ei]
+                    p_c[npend] = act_c[k] + dc
                     p_next[npend] = head[v]
                     head[v] = npend
                     npend += 1
-                    if v == cur:
-                        again = True
+            if v == cur and npend > first:
+                again = True
         if cur >= 0 and u == cur + n_cs - 1 and again:
             again = False
             u = cur
