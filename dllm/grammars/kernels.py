@@ -722,34 +722,28 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
                 if c < cost[idx]:
                     cost[idx] = c
                     b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c)
-            for j in range(l_ptr[b], l_ptr[b + 1]):  # A -> B C: final partners (q, C, r) give (p, A, r)
-                cb = (l_c[j] * n + q) * W
-                base = l_a[j] * nn + p * n
-                for w in range(W):
-                    bits = right[cb + w]
-                    while bits != 0:
-                        low = bits & -bits
-                        bits ^= low
-                        r = (w << 6) + _bit_index(low)
-                        c2 = c + cost[l_c[j] * nn + q * n + r]
-                        if c2 < cost[base + r]:
-                            cost[base + r] = c2
-                            b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, base + r, c2)
-            for j in range(r_ptr[b], r_ptr[b + 1]):  # A -> C B: final partners (r, C, p) give (r, A, q)
-                cb = (r_c[j] * n + p) * W
-                for w in range(W):
-                    bits = left[cb + w]
-                    while bits != 0:
-                        low = bits & -bits
-                        bits ^= low
-                        r = (w << 6) + _bit_index(low)
-                        c2 = c + cost[r_c[j] * nn + r * n + p]
-                        idx = r_a[j] * nn + r * n + q
-                        if c2 < cost[idx]:
-                            if r_a[j] == start_nt and r == 0 and node_end[q]:
-                                return 1
-                            cost[idx] = c2
-                            b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c2)
+            for side in range(2):  # A -> B C: final (q, C, r) give (p, A, r); A -> C B: final (r, C, q) give (r, A, q)
+                lo, hi = (l_ptr[b], l_ptr[b + 1]) if side == 0 else (r_ptr[b], r_ptr[b + 1])
+                for j in range(lo, hi):
+                    if side == 0:
+                        a, part, words = l_a[j], l_c[j], right
+                        cb, p0, ps, o0, os = (part * n + q) * W, part * nn + q * n, 1, a * nn + p * n, 1
+                    else:
+                        a, part, words = r_a[j], r_c[j], left
+                        cb, p0, ps, o0, os = (part * n + p) * W, part * nn + p, n, a * nn + q, n
+                    for w in range(W):
+                        bits = words[cb + w]
+                        while bits != 0:
+                            low = bits & -bits
+                            bits ^= low
+                            r = (w << 6) + _bit_index(low)
+                            c2 = c + cost[p0 + r * ps]
+                            idx = o0 + r * os
+                            if c2 < cost[idx]:
+                                if a == start_nt and (p if side == 0 else r) == 0 and node_end[r if side == 0 else q]:
+                                    return 1  # a goal within the budget: no need to wait for its turn
+                                cost[idx] = c2
+                                b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c2)
     return 0
 
 
