@@ -11,7 +11,7 @@ position), each against the canvas including the earlier accepted ones of the sa
 * accepted -> kept;
 * infeasible against the row's canvas *as it stands* (before this step) -> a true rejection: returned by
   ``reject``; the engine bans the (position, token) pair for the rest of the generation and re-selects the
-  row; past ``max_rejections`` the row ends as ``stuck``. Such a rejection stays valid because the canvas
+  row; past ``max_rejections`` rejections since its last commit the row ends as ``stuck``. Such a rejection stays valid because the canvas
   only gains information;
 * feasible alone but not together with an earlier accepted token of this step (a *conflict*) -> dropped
   from this step's commit (``adjust``), not banned: it may be right once the model sees the earlier token.
@@ -24,8 +24,21 @@ is rejected. Where few tokens fit a cell and the model keeps proposing others, t
 the oracle's witness completion after ``force_after`` rejections (default 3; ``_force``) instead of walking
 down the model's ranking one rejection at a time: on tiny-cot JSON at threshold 0 that walk reached 1,741
 rejections in one row and most such rows ended stuck. A forced cell is checked first, against the row's
-standing canvas, and lands alone in its step. After the end of output only EOS fits: any other token
-proposed there lands as EOS, without a rejection.
+standing canvas, and lands alone in its step; its token is checked like any commit, and a blank one (a tab fits
+almost anywhere in JSON) gives way to the witness's next non-blank token (``_content_token``). After the end of
+output only EOS fits: any other token proposed there lands as EOS, without a rejection.
+
+The frontier (``frontier=True``, default): a token other than EOS waits (dropped from the step, not banned) while
+more than ``exact_cells`` masks precede it. Every gap that text follows is then short and token-exact, a canvas has
+at most one long gap — the last one, before the end of output (a template's own slots longer than ``exact_cells``
+are long gaps too; they are counted each alone and all together) — and the oracle counts that gap's tokens
+(``count_gaps``: a gap of m masks must hold the text the grammar needs there in at most m tokens). The check is then
+exact: an accepted commit always leaves a completable canvas, so no row ends stuck on a dead canvas. Measured on
+tiny-cot schema rows (``benchmarks/bench_grammar.py``): without it 1 / 6 / 5 of 60 rows ended stuck at thresholds
+0.9 / 0.5 / 0, each before a run of 5 or more masks too short for the remaining required keys, accepted while the
+run stood for any text; with it none. The cost is forwards at low thresholds (tokens beyond the frontier wait) and
+the counted check. ``frontier=False, count_gaps=True`` counts every long gap instead (each alone and all together;
+not exact with several), which left 1 / 3 / 4 rows stuck there and was 10-40x slower.
 
 Cost (``_check_row``): a row's step is first checked as a whole (one check with every short gap
 unrolled); only if that fails is it checked pair by pair, each pair with only its neighbouring gaps
@@ -41,9 +54,9 @@ shipped tiny-cot and it costs forwards (``_deferred``).
 Special tokens other than EOS (mask, pad, BOS, role markers) can never be part of an output: the filter
 adds a logit processor that sets them to -inf up front, so they cost no rejections.
 
-Stuck rows: after the run (``finish``) every row whose output is not a complete sentence of the grammar
-(stuck rows) gets a witness completion — the current canvas with its gaps filled by the oracle (long gaps
-without regard to their length) — in ``stats.witnesses[row]`` (text), and its reason says so. The row's own text stays
+Stuck rows (a rejection budget spent, or ``frontier=False``): after the run (``finish``) every row whose output is
+not a complete sentence of the grammar gets a witness completion — the current canvas with its gaps filled by the
+oracle (long gaps without regard to their length) — in ``stats.witnesses[row]`` (text), and its reason says so. The row's own text stays
 what the model wrote. Counters (per row, caller order): ``grammar_checks``, ``grammar_rejections``,
 ``grammar_conflicts``, ``grammar_deferrals``, ``grammar_cap_hits``, ``grammar_forced``, ``grammar_rechecks``; ``grammar_seconds`` (total time in
 the oracle).
@@ -63,6 +76,7 @@ import torch
 from ..engine.view import Decision, StepView
 from ..grammars.kernels import EOS, MASK
 from ..grammars.oracle import EXACT_CELLS
+from .base import Filter, register
 
 FORCE_UNROLL = 16  # a forced cell's second witness unrolls gaps up to this many masks (see ``_force``)
 
@@ -86,8 +100,6 @@ def _frontier_holds(cells, limit: int) -> bool:
             return False
         run = 0
     return True
-
-from .base import Filter, register
 
 
 @register("grammar")
@@ -226,7 +238,12 @@ class GrammarFilter(Filter):
         return decision
 
     def _deferred(self, cells, pos: int, code: int) -> bool:
-        """Is this an EOS that must wait: no end of output before it yet, and masked cells before it?
+        """Must this commit wait (dropped from the step, not banned)? With ``frontier`` a token other than EOS waits
+        while more than ``exact_cells`` masks precede it, so every gap that text follows stays short enough to be
+        checked token by token and a canvas keeps at most one long gap, the last one (whose tokens the oracle counts:
+        the check is then exact). With ``defer_eos`` an EOS waits while any mask precedes it (below).
+
+        ``defer_eos``: is this an EOS that must wait: no end of output before it yet, and masked cells before it?
 
         Why (measured when every gap was length-blind, ``exact_cells=0``): a gap stood for any string, so the
         oracle accepted an EOS that left too few cells for what the grammar still needs (``"sizes": [30,`` +
@@ -406,10 +423,10 @@ class GrammarFilter(Filter):
         if completion is None or not completion.startswith(prefix):
             return None
         rest = completion[len(prefix):].lstrip()
-        if not hasattr(self, "_by_bytes"):
+        if getattr(self, "_by_bytes_of", None) is not self.oracle:  # allowed tokens by their bytes, per oracle
             self._by_bytes = {data: i for i, data in enumerate(table)
                               if data and not self.oracle.excluded[i] and i not in self.oracle.eos_ids}
-            self._longest = max(map(len, self._by_bytes), default=0)
+            self._longest, self._by_bytes_of = max(map(len, self._by_bytes), default=0), self.oracle
         for n in range(min(len(rest), self._longest), 0, -1):
             token = self._by_bytes.get(rest[:n])
             if token is not None:
