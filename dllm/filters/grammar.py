@@ -87,21 +87,6 @@ def _masks_before(cells) -> int:
     return int(cells.shape[0]) - (int(filled[-1]) + 1 if filled.size else 0)
 
 
-def _frontier_holds(cells, limit: int) -> bool:
-    """Is every run of masks that a committed non-EOS token follows at most ``limit`` long (``frontier``)?"""
-    run = 0
-    for c in cells.tolist():
-        if c == MASK:
-            run += 1
-            continue
-        if c == EOS:
-            return True
-        if run > limit:
-            return False
-        run = 0
-    return True
-
-
 @register("grammar")
 @dataclass
 class GrammarFilter(Filter):
@@ -265,6 +250,12 @@ class GrammarFilter(Filter):
             return self.frontier and _masks_before(before) > self.exact_cells
         return self.defer_eos and bool((before == MASK).any())
 
+    def _frontier_holds(self, cells) -> bool:
+        """Does every long gap (more than ``exact_cells`` masks) end at the end of output (``frontier``)?"""
+        eos = (cells == EOS).nonzero()[0]
+        end = int(eos[0]) if eos.size else int(cells.shape[0])
+        return all(start + length == end for start, length in self.oracle.long_runs(cells))
+
     def _check_row(self, b: int, pairs: list[tuple[int, int]]) -> tuple[list[bool], list[bool], list[int]]:
         """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags, and
         the token that lands at each (the proposal, or the witness's token at a forced cell, ``_force``).
@@ -289,8 +280,7 @@ class GrammarFilter(Filter):
                 together[pos] = code
             else:
                 state.checks += 1
-                if (not self.frontier or _frontier_holds(together, self.exact_cells)) and \
-                        self.oracle.status_cells(together) == 1:
+                if (not self.frontier or self._frontier_holds(together)) and self.oracle.status_cells(together) == 1:
                     return [True] * len(pairs), [False] * len(pairs), [t for _, t in pairs]
         kept, vetoed, landing, scratch = self._check_pass(b, pairs, exact=False)
         if scratch is not None and not any(vetoed) and self.exact_cells and self._confirm(state, scratch):

@@ -151,7 +151,7 @@ class Oracle:
                            *(focus or (0, int(cells.shape[0]))), split_at, np.asarray(counted, dtype=np.int32),
                            _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template)
 
-    def _long_runs(self, cells: np.ndarray) -> list[tuple[int, int]]:
+    def long_runs(self, cells: np.ndarray) -> list[tuple[int, int]]:
         """(start, length) of every run of masks before the end of output that is not unrolled (longer than
         ``exact_cells``, not an open trailing gap)."""
         eos = np.flatnonzero(cells == K.EOS)
@@ -214,7 +214,7 @@ class Oracle:
         cells = np.ascontiguousarray(cells, dtype=np.int32)
         status = self._run(cells, False, focus=focus)[0]
         if status == 1 and self.count_gaps and near is None:
-            runs = self._long_runs(cells)
+            runs = self.long_runs(cells)
             checks = [([j], m) for j, m in runs]
             if len(runs) > 1:  # together: text one run cannot take must fit in the others
                 checks.append(([j for j, _ in runs], sum(m for _, m in runs)))
