@@ -110,8 +110,11 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
             "stuck": sum(s == "stuck" for s in status)}
 
 
-def slot_lengths(text: str) -> dict:
-    """``string=3,integer=2`` -> {"string": 3, "integer": 2} (argparse turns a ValueError into a one-line error)."""
+def slot_lengths(text: str) -> dict | str:
+    """``string=3,integer=2`` -> {"string": 3, "integer": 2}; ``model`` / ``schema`` as they are (argparse turns a
+    ValueError into a one-line error)."""
+    if text in ("model", "schema"):
+        return text
     pairs = [item.split("=") for item in text.split(",")]
     if not all(len(pair) == 2 and pair[1].strip().isdigit() for pair in pairs):
         raise argparse.ArgumentTypeError(f"{text!r}: write TYPE=CELLS pairs, e.g. string=3,integer=2")
@@ -125,9 +128,10 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.5, 0.0])
     parser.add_argument("--model", default="tiny", help="tiny, or tiny-cot with --task cot_json")
     parser.add_argument("--task", default="json")
-    parser.add_argument("--slot-length", type=slot_lengths, default="string=3,integer=2",
-                        help="scaffold slot cells per value type (tiny's tokenizer writes a one-token string value "
-                             "and its separator in 3 cells)")
+    parser.add_argument("--slot-length", type=slot_lengths, default="model",
+                        help="scaffold slots: 'model' (open: as long as the model writes each value; the default), "
+                             "'schema', or fixed cells per value type, e.g. string=3,integer=2 (tiny's tokenizer "
+                             "writes a one-token string value and its separator in 3 cells)")
     parser.add_argument("--variants", nargs="+", default=["free", "json", "schema", "scaffold"],
                         choices=["free", "json", "schema", "scaffold"])
     parser.add_argument("--exact-cells", type=int, default=None,

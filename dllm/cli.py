@@ -54,6 +54,11 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+def slot_length(text: str) -> int | str:
+    """``--slot-length``: ``model``, ``schema`` or a positive integer."""
+    return text if text in ("model", "schema") else _int_at_least(text, 1)
+
+
 def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
@@ -146,8 +151,9 @@ def _generate_arguments(parser):
                            help="a JSON Schema file: its grammar, and a scaffold of its skeleton laid into the output")
     parser.add_argument("--template", default=None, metavar="TEXT",
                         help="output template with <mask:N> slots, e.g. '{\"name\": \"<mask:8>\"}'")
-    parser.add_argument("--slot-length", type=positive_int, default=None, metavar="N",
-                        help="tokens per value slot of the --schema scaffold")
+    parser.add_argument("--slot-length", type=slot_length, default=None, metavar="N|model|schema",
+                        help="value slots of the --schema scaffold: model (default: each value as long as the model "
+                             "writes it, the keys written after it), schema (lengths from the schema), or N tokens")
     parser.add_argument("--stream", action="store_true",
                         help="show the canvas filling in, one line per step on stderr (MASK shown as _)")
     add_common_arguments(parser, "any other sampler, cache or decoding option, e.g. -o factor=1.0 -o refresh_every=4")

@@ -54,7 +54,10 @@ def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Gene
       dict (no scaffold); every committed token keeps the output completable (filter ``grammar``,
       ``dllm/filters/grammar.py``); rows left with no allowed token end as ``"stuck"`` with a completion in
       ``out.stats.witnesses[row]``. ``schema``: a JSON Schema (dict or path to a ``.json`` file): the grammar
-      of its valid instances *and* a scaffold of its skeleton (``slot_length`` sizes the value slots).
+      of its valid instances *and* a scaffold of its skeleton. ``slot_length``: ``"model"`` (default) — each
+      value is as long as the model writes it, and the skeleton's keys are written right after it (filter
+      ``scaffold``, ``dllm/filters/scaffold.py``); ``"schema"``, an int, or a dict by property / type name — fixed
+      slots of that many tokens.
       ``template``: text with ``<mask:N>`` slots (one string, or one per prompt) laid into the output region
       (``dllm/grammars/scaffold.py``); the output ends where it ends. Without ``gen_length`` the canvas is the
       template rounded up to whole blocks. ``stats.tokens`` counts only what the model wrote, not fixed text.
@@ -131,9 +134,9 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     args = GenerateOptions(**registry.coerce_options(GenerateOptions, own, "dllm.generate"))
     options = kwargs
     prompt_ids = _encode_prompts(model, prompts, args.chat, args.system, args.chat_template_kwargs)
-    grammar, templates = _structure(model, args, len(prompt_ids))
+    grammar, templates, open_pieces = _structure(model, args, len(prompt_ids))
     gen_length = args.gen_length if args.gen_length is not None else default_gen_length(model)
-    if templates is not None and args.gen_length is None:  # the template, rounded up to whole blocks
+    if templates is not None and args.gen_length is None and open_pieces is None:  # the template, in whole blocks
         block = args.block_length or (model.block_size if model.attention == "block_causal" else None) \
             or model.canvas_defaults.get("block_length") or 32
         gen_length = -(-max(len(t) for t in templates) // block) * block
@@ -155,6 +158,8 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     if grammar is not None:
         mine = {k: options.pop(k) for k in grammar_only}
         grammar_filter = filters.build("grammar", {"grammar": grammar, **mine})
+        if open_pieces is not None:  # writes the skeleton's keys; the grammar filter checks them like any commit
+            filter_objs.append(filters.build("scaffold", {"pieces": open_pieces}))
         filter_objs.append(grammar_filter)  # after the user's filters: it checks what they let through
     sampler_obj = samplers.build(args.sampler, options)
 
@@ -201,7 +206,8 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     if isinstance(max_rejections, bool) or not isinstance(max_rejections, int) or max_rejections < 0:
         raise ValueError(f"max_rejections must be an integer >= 0 (got {max_rejections!r})")
 
-    fixed = None if templates is None else _fixed_cells(templates, gen_length, model.mask_id, eos)
+    fixed = None if templates is None else _fixed_cells(templates, gen_length, model.mask_id, eos,
+                                                        open_end=open_pieces is not None)
     canvas = build_canvas(prompt_ids, gen_length, block_length, mask_id=model.mask_id, pad_id=model.pad_id,
                           block_size=model.block_size if block_causal else None, device=model.device,
                           span_lengths=layout, fixed=fixed)
@@ -221,7 +227,9 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
 
 
 def _structure(model: Model, args: GenerateOptions, rows: int):
-    """The grammar spec and the template cells per row (or None) from ``grammar`` / ``schema`` / ``template``."""
+    """The grammar spec, the template cells per row (or None) and, for a scaffold with open slots, its pieces (or
+    None) from ``grammar`` / ``schema`` / ``template`` / ``slot_length``. An open scaffold lays only its first
+    fixed piece; the ``scaffold`` filter writes the rest."""
     from .grammars import load_grammar, scaffold
 
     grammar, schema, template = args.grammar, args.schema, args.template
@@ -238,11 +246,16 @@ def _structure(model: Model, args: GenerateOptions, rows: int):
         grammar = schema
         load_grammar(schema)  # unsupported keywords fail with their own message before the scaffold is laid
         if template is None:
-            template = [scaffold.schema_pieces(schema, args.slot_length)]
+            pieces = scaffold.schema_pieces(schema, "model" if args.slot_length is None else args.slot_length)
+            if any(isinstance(p, scaffold.OpenSlot) for p in pieces):
+                first = pieces[0] if isinstance(pieces[0], str) else ""
+                cells = scaffold.template_cells([first], model.tokenizer, model.mask_id) if first else []
+                return grammar, [cells] * rows, pieces
+            template = [pieces]
     elif args.slot_length is not None:
         raise ValueError("slot_length sizes the slots of a schema scaffold: pass schema= too")
     if template is None:
-        return grammar, None
+        return grammar, None, None
     if isinstance(template, str):
         template = [template]
     if not isinstance(template, (list, tuple)) or not template or not all(isinstance(t, (str, list)) for t in template):
@@ -253,16 +266,21 @@ def _structure(model: Model, args: GenerateOptions, rows: int):
         raise ValueError("a template needs the model's tokenizer")
     pieces = [t if isinstance(t, list) else scaffold.parse_template(t) for t in template]
     cells = [scaffold.template_cells(p, model.tokenizer, model.mask_id) for p in pieces]
-    return grammar, cells * rows if len(cells) == 1 else cells
+    return grammar, cells * rows if len(cells) == 1 else cells, None
 
 
-def _fixed_cells(templates: list[list[int]], gen_length: int, mask_id: int, eos: tuple[int, ...]) -> list[list[int]]:
-    """Each row's generated region: its template, then EOS (the output ends where the template ends)."""
+def _fixed_cells(templates: list[list[int]], gen_length: int, mask_id: int, eos: tuple[int, ...],
+                 open_end: bool = False) -> list[list[int]]:
+    """Each row's generated region: its template, then EOS (the output ends where the template ends), or masks
+    (``open_end``: a scaffold with open slots, whose end the model decides)."""
     rows = []
     for i, cells in enumerate(templates):
         if len(cells) > gen_length:
             raise ValueError(f"template{'' if len(templates) == 1 else f' {i}'} is {len(cells)} tokens, longer than "
                              f"the canvas (gen_length {gen_length}): raise gen_length or shorten the template")
+        if open_end:
+            rows.append(list(cells) + [mask_id] * (gen_length - len(cells)))
+            continue
         if len(cells) < gen_length and not eos:
             raise ValueError("a template shorter than gen_length ends the output with EOS, but eos_ids is empty")
         rows.append(list(cells) + [eos[0] if eos else mask_id] * (gen_length - len(cells)))
@@ -408,7 +426,9 @@ class _Request:
             texts.append(text)
             sequences.append(answer)
             fixed = None if self.fixed is None else self.fixed[row]
-            counts.append(len(answer) if fixed is None else sum(fixed[i] == model.mask_id for i in where[:len(answer)]))
+            written = set().union(*(f.fixed_cells().get(row, ()) for f in engine.filters))  # e.g. a scaffold's keys
+            counts.append(sum((fixed is None or fixed[i] == model.mask_id) and i not in written
+                              for i in where[:len(answer)]))
             canvases.append(final[row, self.pads[row]:start + self.gen_length].tolist())
         stats.row_tokens = counts
         stats.tokens = sum(stats.row_tokens)

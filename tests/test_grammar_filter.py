@@ -8,7 +8,9 @@ import torch
 
 import dllm
 from dllm.grammars import load_grammar
-from dllm.grammars.scaffold import parse_template, schema_pieces
+from dllm.filters import base as filter_base
+from dllm.filters.scaffold import ScaffoldFilter
+from dllm.grammars.scaffold import OpenSlot, parse_template, schema_pieces, slot_complete
 
 from helpers import one_line_error, random_model, random_prompts
 
@@ -100,6 +102,120 @@ def test_schema_pieces_and_template_parsing():
         ['{"a":', 5, ' "b":1}']
     assert schema_pieces(SCHEMA, slot_length={"id": 2, "boolean": 3}) == ['{"id":', 2, ' "ok":', 3, ' "tag":', 2]
     assert schema_pieces({"type": "integer"}, slot_length=4) == [4]
+
+
+NESTED = {"type": "object", "required": ["name", "address", "kids"],
+          "properties": {"name": {"type": "string"},
+                         "address": {"type": "object", "required": ["n", "s"],
+                                     "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}},
+                         "kids": {"type": "integer"}}}
+
+
+def test_open_slots_hold_the_structure_after_their_value():
+    assert schema_pieces(NESTED, "model") == ['{"name":', OpenSlot(","), ' "address": {"n":', OpenSlot(","), ' "s":',
+                                              OpenSlot("},"), ' "kids":', OpenSlot("}")]
+    assert schema_pieces({"type": "object", "properties": {"a": {"type": "string"}, "b": {"const": 1}}}, "model") == \
+        ['{"a":', OpenSlot(","), ' "b":1}']
+    assert schema_pieces({"type": "integer"}, "model") == [OpenSlot("")]
+    assert schema_pieces(NESTED) == schema_pieces(NESTED, "schema")  # fixed lengths unchanged
+    complete = [(b' "Ben",', ","), (b" 190 ,", ","), (b' "P"},', "},"), (b' [1, "a,"],', ","), (b' {"a": 1}}', "}"),
+                (b' "a\\\\",', ",")]  # an escaped backslash, then the closing quote
+    incomplete = [(b' "a,', ","), (b" 19", ","), (b' "P"}', "},"), (b' [1,', ","), (b",", ","),
+                  (b' "a\\",', ","),  # an escaped quote
+                  (b' "a",', "},"), (b' "a",', ""), (b' "a",', ",,")]
+    assert all(slot_complete(text, closer) for text, closer in complete)
+    assert not any(slot_complete(text, closer) for text, closer in incomplete)
+
+
+def test_the_open_scaffold_walk():
+    model = dllm.load("tiny")
+    flt = ScaffoldFilter(pieces=schema_pieces({"type": "object", "properties": {
+        "name": {"type": "string"}, "age": {"type": "integer"}}}, "model"))
+    flt.attach(model)
+    enc = lambda text: model.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    first, key, value = enc('{"name":'), enc(' "age":'), enc(' "Bo",')
+    mask = model.mask_id
+    region = first + value + [mask] * (len(key) + 3)
+    at = len(first) + len(value)
+    assert flt.pending(flt._items[0], region) == ([(at + i, t) for i, t in enumerate(key)], False)
+    assert flt.pending(flt._items[0], first + value[:-1] + [mask] * 8) == ([], False)  # the value is not closed yet
+    assert flt.pending(flt._items[0], first + value + key[:1] + [mask] * 8) == \
+        ([(at + i, t) for i, t in enumerate(key) if i], False)
+    wrong = enc(' "x":')
+    assert flt.pending(flt._items[0], first + value + wrong + [mask] * 4)[1] is True  # derailed
+
+
+def test_open_scaffold_on_the_tiny_model_writes_the_keys():
+    model = dllm.load("tiny")
+    from dllm.tiny.tasks import load_test_set
+
+    first_tokens, written = None, 0
+    for example in load_test_set("json")[:4]:
+        record = json.loads(example.target)
+        schema = {"type": "object", "required": list(record),
+                  "properties": {k: {"type": "integer" if isinstance(v, int) else "string"} for k, v in record.items()}}
+        first_tokens = len(model.tokenizer.encode(schema_pieces(schema, "model")[0], add_special_tokens=False))
+        # tiny writes a whole answer in one or two steps, keys included; one token per step leaves the keys to us
+        for options in ({"sampler": "threshold", "threshold": 0.9}, {"sampler": "threshold", "threshold": 0.0},
+                        {"sampler": "static", "steps": 32}, {"sampler": "static", "steps": 32, "cache": "dual"}):
+            out = dllm.generate(model, [example.prompt], schema=schema, **options)
+            assert json.loads(out.texts[0]) == record
+            cells = out.stats.counters["scaffold_cells"][0]
+            assert out.stats.counters["scaffold_derailed"] == [0]
+            assert out.stats.tokens == len(out.sequences[0]) - first_tokens - cells  # keys are not model output
+            if options["sampler"] == "static":
+                free = dllm.generate(model, [example.prompt], grammar=schema, **options)
+                assert cells > 0 and out.stats.nfe < free.stats.nfe
+                written += cells
+    assert written > 0
+
+
+@pytest.mark.parametrize("family,cache,sampler", [("llada", "dual", "threshold"), ("dream", "none", "static"),
+                                                  ("sdar", "block", "threshold")])
+def test_open_scaffold_outputs_validate(family, cache, sampler):
+    model = random_model(family, 41)  # a character tokenizer and a context of 64: short keys
+    schema = {"type": "object", "required": ["a", "b", "d"],
+              "properties": {"a": {"type": "string"}, "b": {"type": "object", "required": ["c"],
+                                                            "properties": {"c": {"type": "integer"}}},
+                             "d": {"type": "integer"}}}
+    prompts = random_prompts(model, 3, 42, high=12)
+    block = 8 if model.attention == "full" else None
+    out = dllm.generate(model, prompts, sampler=sampler, cache=cache, gen_length=48, block_length=block,
+                        schema=schema, max_rejections=4000)
+    assert check_outputs(out, load_grammar(schema), schema) >= 1
+    first = len(model.tokenizer.encode('{"a":', add_special_tokens=False))
+    for row, status in enumerate(out.status):
+        if status != "stuck":
+            assert out.texts[row].startswith('{"a":')
+            cells = out.stats.counters["scaffold_cells"][row]
+            assert out.stats.row_tokens[row] == len(out.sequences[row]) - first - cells
+
+
+@filter_base.register("test_ban_key")
+class _BanKey(filter_base.Filter):
+    """Vetoes one token everywhere (tests: the scaffold's key token must give way)."""
+
+    token: int = -1
+
+    def reject(self, view, decision):
+        return decision.commit & (decision.tokens == self.token)
+
+
+def test_a_banned_key_token_derails_the_open_scaffold():
+    model = dllm.load("tiny")
+    from dllm.tiny.tasks import load_test_set
+
+    example = load_test_set("json")[0]
+    record = json.loads(example.target)
+    key = list(record)[1]
+    schema = {"type": "object", "required": list(record),
+              "properties": {k: {"type": "integer" if isinstance(v, int) else "string"} for k, v in record.items()}}
+    banned = filter_base.build("test_ban_key")
+    banned.token = model.tokenizer.encode(key, add_special_tokens=False)[0]
+    out = dllm.generate(model, [example.prompt], sampler="threshold", threshold=0.9, schema=schema,
+                        filters=[banned], max_rejections=4000)
+    assert out.stats.counters["scaffold_derailed"] == [1]
+    check_outputs(out, load_grammar(schema), schema)
 
 
 def test_stuck_rows_get_a_witness():

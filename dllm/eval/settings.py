@@ -48,7 +48,7 @@ class EvalSettings:
     max_rejections: int = 100
     grammar: str | None = None  # "json", a .lark path or Lark text
     schema: str | None = None  # path of a JSON Schema file: its grammar and its scaffold
-    slot_length: int | None = None
+    slot_length: object = None  # "model" (default when None), "schema", or tokens per value slot
     mc_num: int = 128
     mc_batch_size: int | None = None
     greedy_check: bool = False
@@ -155,8 +155,9 @@ def _check_structure(s: EvalSettings) -> None:
     if s.slot_length is not None:
         if s.schema is None:
             raise ValueError("model arg slot_length sizes the slots of a schema scaffold: give schema=PATH too")
-        if s.slot_length < 1:
-            raise ValueError(f"model arg slot_length={s.slot_length!r} must be a positive integer")
+        if s.slot_length not in ("model", "schema") and (isinstance(s.slot_length, bool) or
+                                                         not isinstance(s.slot_length, int) or s.slot_length < 1):
+            raise ValueError(f"model arg slot_length={s.slot_length!r} must be model, schema or a positive integer")
     if s.grammar is not None and s.schema is not None:
         raise ValueError("give model arg grammar= or schema=, not both (schema= is the grammar of its instances)")
     from dllm.grammars import load_grammar
@@ -245,7 +246,9 @@ def resolve_defaults(settings: EvalSettings, model) -> None:
     if settings.schema is not None and model.tokenizer is not None:  # its scaffold must fit the canvas
         from dllm.grammars import scaffold
 
-        pieces = scaffold.schema_pieces(load_schema(settings.schema), settings.slot_length)
+        pieces = scaffold.schema_pieces(load_schema(settings.schema), settings.slot_length or "model")
+        if any(isinstance(p, scaffold.OpenSlot) for p in pieces):  # open slots: only the first piece is laid
+            pieces = pieces[:1] if isinstance(pieces[0], str) else []
         length = len(scaffold.template_cells(pieces, model.tokenizer, model.mask_id))
         if length > settings.gen_length:
             raise ValueError(f"the scaffold of schema {settings.schema} is {length} tokens, longer than "

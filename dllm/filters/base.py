@@ -11,6 +11,8 @@ sampler's, the fallback's, a forced opening token's. Hooks (all optional):
 * ``committed(view, commit, tokens)``  what actually landed (incremental state such as a parser)
 * ``select_rows(rows)``      follow row retirement (index tensors of the rows that stay)
 * ``finish(stats)``          after the last step: add to the statistics (counters, reasons, witnesses)
+* ``fixed_cells()``          cells this filter wrote that are fixed text, not model output (a scaffold's
+                              keys): {caller row: region positions}; ``stats.tokens`` leaves them out
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Filter:
 
     def finish(self, stats) -> None:
         pass
+
+    def fixed_cells(self) -> dict[int, set[int]]:
+        return {}
 
     def validate(self) -> None:
         """Check option values; raise ValueError with a one-line message naming the fix."""
