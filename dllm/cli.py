@@ -56,7 +56,11 @@ def positive_int(text: str) -> int:
 
 def slot_length(text: str) -> int | str:
     """``--slot-length``: ``model``, ``schema`` or a positive integer."""
-    return text if text in ("model", "schema") else _int_at_least(text, 1)
+    if text in ("model", "schema"):
+        return text
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: use model, schema or a positive number of tokens")
+    return int(text)
 
 
 def non_negative_int(text: str) -> int:

@@ -187,6 +187,9 @@ def test_grammar_schema_template_flags_match_the_api(tiny, tmp_path, capsys):
     assert row["text"] == direct.texts[0] and row["status"] == "stuck" == direct.status[0]
     assert row["witness"] == direct.stats.witnesses[0]
     assert f"grammar rejections {sum(direct.stats.counters['grammar_rejections'])}, stuck 1" in err
+    [row], _ = generate_json(capsys, "--schema", str(schema), "--slot-length", "model", "--max-rejections", "0")
+    direct = dllm.generate(tiny, JSON_PROMPT, schema=str(schema), max_rejections=0)  # open slots: the default
+    assert row["text"] == direct.texts[0] and row["status"] == direct.status[0]
     template = '{"item": "<mask:4>"}'
     [row], _ = generate_json(capsys, "--template", template)
     direct = dllm.generate(tiny, JSON_PROMPT, template=template)
@@ -207,7 +210,8 @@ def test_bad_structure_flags_are_one_line_errors(capsys, flags, message):
 
 
 def test_grammar_and_schema_exclude_each_other_and_eotp_takes_two_modes(capsys):
-    for flags in (["--grammar", "json", "--schema", "x.json"], ["--eotp", "sometimes"], ["--max-rejections", "-1"]):
+    for flags in (["--grammar", "json", "--schema", "x.json"], ["--eotp", "sometimes"], ["--max-rejections", "-1"],
+                  ["--slot-length", "wide"]):
         with pytest.raises(SystemExit) as info:
             main(["generate", "--prompt", "hi", *flags])
         assert info.value.code == 2

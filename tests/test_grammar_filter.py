@@ -145,29 +145,33 @@ def test_the_open_scaffold_walk():
     assert flt.pending(flt._items[0], first + value + wrong + [mask] * 4)[1] is True  # derailed
 
 
-def test_open_scaffold_on_the_tiny_model_writes_the_keys():
-    model = dllm.load("tiny")
+def _schema_of(record: dict) -> dict:
+    return {"type": "object", "required": list(record),
+            "properties": {k: _schema_of(v) if isinstance(v, dict) else
+                           {"type": "integer" if isinstance(v, int) else "string"} for k, v in record.items()}}
+
+
+def test_open_scaffold_on_the_tiny_models():
+    """tiny writes whole answers in a step or two, keys included (nothing left to write); tiny-cot's row 3 leaves
+    three key cells to the scaffold, with and without a cache."""
     from dllm.tiny.tasks import load_test_set
 
-    first_tokens, written = None, 0
-    for example in load_test_set("json")[:4]:
+    cases = [("tiny", "json", i, {"sampler": "threshold", "threshold": t}) for i in range(3) for t in (0.9, 0.0)]
+    cases += [("tiny-cot", "cot_json", 3, {"sampler": "threshold", "threshold": 0.9, "cache": c}) for c in ("none", "dual")]
+    written = 0
+    for name, task, index, options in cases:
+        model = dllm.load(name)
+        example = load_test_set(task)[index]
         record = json.loads(example.target)
-        schema = {"type": "object", "required": list(record),
-                  "properties": {k: {"type": "integer" if isinstance(v, int) else "string"} for k, v in record.items()}}
-        first_tokens = len(model.tokenizer.encode(schema_pieces(schema, "model")[0], add_special_tokens=False))
-        # tiny writes a whole answer in one or two steps, keys included; one token per step leaves the keys to us
-        for options in ({"sampler": "threshold", "threshold": 0.9}, {"sampler": "threshold", "threshold": 0.0},
-                        {"sampler": "static", "steps": 32}, {"sampler": "static", "steps": 32, "cache": "dual"}):
-            out = dllm.generate(model, [example.prompt], schema=schema, **options)
-            assert json.loads(out.texts[0]) == record
-            cells = out.stats.counters["scaffold_cells"][0]
-            assert out.stats.counters["scaffold_derailed"] == [0]
-            assert out.stats.tokens == len(out.sequences[0]) - first_tokens - cells  # keys are not model output
-            if options["sampler"] == "static":
-                free = dllm.generate(model, [example.prompt], grammar=schema, **options)
-                assert cells > 0 and out.stats.nfe < free.stats.nfe
-                written += cells
-    assert written > 0
+        schema = _schema_of(record)
+        out = dllm.generate(model, [example.prompt], schema=schema, **options)
+        assert json.loads(out.texts[0]) == record
+        cells = out.stats.counters["scaffold_cells"][0]
+        assert out.stats.counters["scaffold_derailed"] == [0]
+        first = len(model.tokenizer.encode(schema_pieces(schema, "model")[0], add_special_tokens=False))
+        assert out.stats.tokens == len(out.sequences[0]) - first - cells  # keys are fixed text, not model output
+        written += cells if name == "tiny-cot" else 0
+    assert written == 6
 
 
 @pytest.mark.parametrize("family,cache,sampler", [("llada", "dual", "threshold"), ("dream", "none", "static"),

@@ -153,6 +153,8 @@ def _check_structure(s: EvalSettings) -> None:
     if s.max_rejections < 0:
         raise ValueError(f"model arg max_rejections={s.max_rejections!r} must be an integer >= 0")
     if s.slot_length is not None:
+        if isinstance(s.slot_length, str) and s.slot_length.strip().isdigit():
+            s.slot_length = int(s.slot_length)
         if s.schema is None:
             raise ValueError("model arg slot_length sizes the slots of a schema scaffold: give schema=PATH too")
         if s.slot_length not in ("model", "schema") and (isinstance(s.slot_length, bool) or
