@@ -8,9 +8,13 @@ always commits at least one), three variants on ``dllm.load("tiny")``, task ``js
 * ``schema``    ``grammar=`` the example's own schema (below) without a scaffold: the oracle enforces the
                 schema's keys, order and value types while the model writes every token;
 * ``scaffold``  ``schema=`` the example's own schema (its keys, string/integer values, all required — what
-                a JSON-mode request carries), laid out as a scaffold; tiny's tokenizer writes a one-token
-                value plus its separator in 3 cells (`` "``, ``box``, ``",``), so ``slot_length`` string 3,
-                integer 2. Rows are batched per schema.
+                a JSON-mode request carries), laid out as a scaffold. ``--slot-length model`` (default): open
+                slots, each value as long as the model writes it, the keys written after it; or fixed slots
+                (``schema``, or cells per type: tiny's tokenizer writes a one-token value plus its separator in
+                3 cells, `` "``, ``box``, ``",``, so ``string=3,integer=2``).
+
+Every variant batches the same rows; the schema variants pass one schema per row (a list). Oracles are built
+once per grammar and process (as a server would): the first threshold pays for building them.
 
 Columns: parse = ``json.loads`` of the text succeeds and gives an object (stuck rows count as failures; the
 ``+witness`` column counts a stuck row's witness completion instead), valid = it also validates against the
@@ -49,15 +53,8 @@ def schema_of(value) -> dict:
 def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict,
         exact_cells: int | None = None, force_after: int | None = None, count_gaps: bool = False,
         frontier: bool | None = None) -> dict:
-    groups: list[list[int]] = []
-    if variant in ("schema", "scaffold"):  # one schema per batch
-        by_keys: dict[tuple, list[int]] = {}
-        for i, e in enumerate(examples):
-            by_keys.setdefault(tuple(json.loads(e.target)), []).append(i)
-        for idx in by_keys.values():
-            groups += [idx[j:j + batch] for j in range(0, len(idx), batch)]
-    else:
-        groups = [list(range(j, min(j + batch, len(examples)))) for j in range(0, len(examples), batch)]
+    # every variant batches the same rows; the schema variants give each row its own schema (a list)
+    groups = [list(range(j, min(j + batch, len(examples)))) for j in range(0, len(examples), batch)]
     texts, status, witnesses = [None] * len(examples), [None] * len(examples), {}
     nfe = tokens = 0
     seconds = 0.0
@@ -67,10 +64,9 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
         if variant == "json":
             options["grammar"] = "json"
         elif variant == "schema":
-            options["grammar"] = schema_of(json.loads(examples[idx[0]].target))
+            options["grammar"] = [schema_of(json.loads(examples[i].target)) for i in idx]
         elif variant == "scaffold":
-            options.update(schema=schema_of(json.loads(examples[idx[0]].target)),
-                           slot_length=slot_length)
+            options.update(schema=[schema_of(json.loads(examples[i].target)) for i in idx], slot_length=slot_length)
         if variant != "free" and exact_cells is not None:
             options["exact_cells"] = exact_cells
         if variant != "free" and force_after is not None:

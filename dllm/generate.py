@@ -51,13 +51,13 @@ def generate(model: Model, prompts: Prompt | Sequence[Prompt], **kwargs) -> Gene
       it is cut; ``"predicted"``: cut at a confidently predicted EOS; ``"fill"``: write the rest of the block as EOS,
       without cutting). ``max_rejections``: filter vetoes a row may collect without a commit before it ends as ``"stuck"``.
     * ``grammar``: constrain the output to a grammar — ``"json"``, a ``.lark`` path, Lark text, or a JSON Schema
-      dict (no scaffold); every committed token keeps the output completable (filter ``grammar``,
-      ``dllm/filters/grammar.py``); rows left with no allowed token end as ``"stuck"`` with a completion in
-      ``out.stats.witnesses[row]``. ``schema``: a JSON Schema (dict or path to a ``.json`` file): the grammar
-      of its valid instances *and* a scaffold of its skeleton. ``slot_length``: ``"model"`` (default) — each
-      value is as long as the model writes it, and the skeleton's keys are written right after it (filter
-      ``scaffold``, ``dllm/filters/scaffold.py``); ``"schema"``, an int, or a dict by property / type name — fixed
-      slots of that many tokens.
+      dict (no scaffold); or a list, one per prompt. Every committed token keeps the output completable (filter
+      ``grammar``, ``dllm/filters/grammar.py``); rows left with no allowed token end as ``"stuck"`` with a
+      completion in ``out.stats.witnesses[row]``. ``schema``: a JSON Schema (dict or path to a ``.json`` file; or
+      a list, one per prompt): the grammar of its valid instances *and* a scaffold of its skeleton.
+      ``slot_length``: ``"model"`` (default) — each value is as long as the model writes it, and the skeleton's
+      keys are written right after it (filter ``scaffold``, ``dllm/filters/scaffold.py``); ``"schema"``, an int,
+      or a dict by property / type name — fixed slots of that many tokens.
       ``template``: text with ``<mask:N>`` slots (one string, or one per prompt) laid into the output region
       (``dllm/grammars/scaffold.py``); the output ends where it ends. Without ``gen_length`` the canvas is the
       template rounded up to whole blocks. ``stats.tokens`` counts only what the model wrote, not fixed text.
@@ -233,25 +233,25 @@ def _structure(model: Model, args: GenerateOptions, rows: int):
     from .grammars import load_grammar, scaffold
 
     grammar, schema, template = args.grammar, args.schema, args.template
+    if isinstance(grammar, (list, tuple)) and len(grammar) not in (1, rows):
+        raise ValueError(f"{len(grammar)} grammars for {rows} prompts: give one grammar, or one per prompt")
     if schema is not None:
         if grammar is not None:
             raise ValueError("give grammar= or schema=, not both (schema= is the grammar of its instances)")
-        if not isinstance(schema, dict):
-            try:
-                with open(schema, encoding="utf-8") as handle:
-                    schema = json.load(handle)
-            except (OSError, TypeError, ValueError) as exc:
-                raise ValueError(f"schema must be a dict or the path of a JSON file ({schema!r}: "
-                                 f"{type(exc).__name__}: {' '.join(str(exc).split())})") from None
-        grammar = schema
-        load_grammar(schema)  # unsupported keywords fail with their own message before the scaffold is laid
+        schemas = [_read_schema(s) for s in (schema if isinstance(schema, (list, tuple)) else [schema])]
+        if len(schemas) not in (1, rows):
+            raise ValueError(f"{len(schemas)} schemas for {rows} prompts: give one schema, or one per prompt")
+        for one in schemas:
+            load_grammar(one)  # unsupported keywords fail with their own message before the scaffold is laid
+        grammar = schemas[0] if len(schemas) == 1 else schemas
         if template is None:
-            pieces = scaffold.schema_pieces(schema, "model" if args.slot_length is None else args.slot_length)
-            if any(isinstance(p, scaffold.OpenSlot) for p in pieces):
-                first = pieces[0] if isinstance(pieces[0], str) else ""
-                cells = scaffold.template_cells([first], model.tokenizer, model.mask_id) if first else []
-                return grammar, [cells] * rows, pieces
-            template = [pieces]
+            slots = "model" if args.slot_length is None else args.slot_length
+            pieces = [scaffold.schema_pieces(one, slots) for one in schemas]
+            if any(isinstance(p, scaffold.OpenSlot) for row in pieces for p in row):
+                firsts = [p[0] if isinstance(p[0], str) else "" for p in pieces]
+                cells = [scaffold.template_cells([f], model.tokenizer, model.mask_id) if f else [] for f in firsts]
+                return grammar, cells * rows if len(cells) == 1 else cells, pieces
+            template = pieces
     elif args.slot_length is not None:
         raise ValueError("slot_length sizes the slots of a schema scaffold: pass schema= too")
     if template is None:
@@ -267,6 +267,18 @@ def _structure(model: Model, args: GenerateOptions, rows: int):
     pieces = [t if isinstance(t, list) else scaffold.parse_template(t) for t in template]
     cells = [scaffold.template_cells(p, model.tokenizer, model.mask_id) for p in pieces]
     return grammar, cells * rows if len(cells) == 1 else cells, None
+
+
+def _read_schema(schema) -> dict:
+    """A JSON Schema given as a dict, or the path of a JSON file."""
+    if isinstance(schema, dict):
+        return schema
+    try:
+        with open(schema, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, TypeError, ValueError) as exc:
+        raise ValueError(f"schema must be a dict or the path of a JSON file ({schema!r}: "
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())})") from None
 
 
 def _fixed_cells(templates: list[list[int]], gen_length: int, mask_id: int, eos: tuple[int, ...],

@@ -222,6 +222,27 @@ def test_a_banned_key_token_derails_the_open_scaffold():
     check_outputs(out, load_grammar(schema), schema)
 
 
+def test_one_schema_per_prompt_in_one_batch():
+    from dllm.filters.grammar import _ORACLES
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    examples = load_test_set("cot_json")[:4]
+    schemas = [_schema_of(json.loads(e.target)) for e in examples]
+    prompts = [e.prompt for e in examples]
+    for options in ({"schema": schemas}, {"grammar": schemas}):
+        out = dllm.generate(model, prompts, sampler="threshold", threshold=0.9, **options)
+        for text, schema, status in zip(out.texts, schemas, out.status):
+            assert status == "eos"
+            jsonschema.validate(json.loads(text), schema)
+            assert list(json.loads(text)) == list(schema["properties"])  # each row its own keys, in order
+    cached = len(_ORACLES)
+    dllm.generate(model, prompts[:2], sampler="threshold", threshold=0.9, schema=schemas[:2])
+    assert len(_ORACLES) == cached  # built once per grammar and process
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, schema=schemas[:3]), "3 schemas for 4 prompts")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar=schemas[:2]), "2 grammars for 4 prompts")
+
+
 def test_stuck_rows_get_a_witness():
     model = random_model("llada", 27)
     prompts = random_prompts(model, 2, 28)

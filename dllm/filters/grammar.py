@@ -69,6 +69,7 @@ Added by ``dllm.generate(grammar=..., schema=..., template=...)``; also usable a
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,8 @@ from ..grammars.oracle import EXACT_CELLS
 from .base import Filter, register
 
 FORCE_UNROLL = 16  # a forced cell's second witness unrolls gaps up to this many masks (see ``_force``)
+ORACLE_CACHE = 64  # oracles kept per process (``GrammarFilter._oracle``)
+_ORACLES: "OrderedDict[tuple, object]" = OrderedDict()
 
 
 def _masks_before(cells) -> int:
@@ -111,7 +114,12 @@ class GrammarFilter(Filter):
                 raise ValueError(f"{option} must be True or False (got {getattr(self, option)!r})")
         from ..grammars import load_grammar
 
-        self.compiled = load_grammar(self.grammar)  # syntax errors, empty languages, schema keywords: now
+        if isinstance(self.grammar, (list, tuple)):  # one grammar per row (e.g. a batch of requests, each its schema)
+            if not self.grammar:
+                raise ValueError("grammar is an empty list: give one grammar, or one per prompt")
+            self.compiled = [load_grammar(g) for g in self.grammar]
+        else:
+            self.compiled = load_grammar(self.grammar)  # syntax errors, empty languages, schema keywords: now
 
     # ------------------------------------------------------------------------------------------------
     def attach(self, model, canvas, eos_ids) -> None:
@@ -122,23 +130,21 @@ class GrammarFilter(Filter):
 
         if not hasattr(self, "compiled"):
             self.validate()
-        counted = self.count_gaps or self.frontier
-        key = (id(model.tokenizer), model.mask_id, tuple(eos_ids), self.exact_cells, counted)
-        if getattr(self, "_oracle_key", None) != key:
-            self.oracle = Oracle(self.compiled, model.tokenizer, mask_id=model.mask_id, eos_ids=eos_ids,
-                                 backend=self.grammar_backend, open_end=self.open_end,
-                                 exact_cells=self.exact_cells, count_gaps=counted)
-            self._oracle_key = key
-            excluded = torch.from_numpy(self.oracle.excluded.copy())
-            if excluded.shape[0] < model.vocab_size:
-                excluded = torch.cat([excluded, torch.ones(model.vocab_size - excluded.shape[0], dtype=torch.bool)])
-            self._excluded = excluded[:model.vocab_size].to(model.device)
-        self.canvas_id = id(canvas)
         x = canvas.x.cpu()
+        grammars = self.compiled if isinstance(self.compiled, list) else [self.compiled]
+        if len(grammars) not in (1, x.shape[0]):
+            raise ValueError(f"{len(grammars)} grammars for {x.shape[0]} prompts: give one grammar, or one per prompt")
+        oracles = [self._oracle(g, model, tuple(eos_ids)) for g in grammars]
+        self.oracle = oracles[0]  # the tokenizer-level tables (token codes, excluded tokens) are the same in every one
+        excluded = torch.from_numpy(self.oracle.excluded.copy())
+        if excluded.shape[0] < model.vocab_size:
+            excluded = torch.cat([excluded, torch.ones(model.vocab_size - excluded.shape[0], dtype=torch.bool)])
+        self._excluded = excluded[:model.vocab_size].to(model.device)
+        self.canvas_id = id(canvas)
         starts, ends = canvas.gen_start.tolist(), canvas.gen_end.tolist()
         self.states, self.caller = [], []
         for row, (a, b) in enumerate(zip(starts, ends)):
-            state = self.oracle.start(x[row, a:b].tolist())
+            state = oracles[row if len(oracles) > 1 else 0].start(x[row, a:b].tolist())
             if not state.feasible():
                 text = model.decode([t for t in x[row, a:b].tolist() if t != model.mask_id])
                 raise ValueError(f"template of row {row}: its fixed text {text[:60]!r} can never be completed to "
@@ -154,6 +160,28 @@ class GrammarFilter(Filter):
         self.rechecks: dict[int, int] = {}  # caller row -> steps checked again with every short gap exact
         self.seconds = 0.0
         self._epoch, self._memo = 0, {}
+
+    def _oracle(self, grammar, model, eos_ids: tuple):
+        """The oracle of ``grammar`` for this model and these options, built once per process: its automata, the
+        vocabulary's cell automaton and the counted-run template cost tens of milliseconds per grammar, and a
+        server sees the same schema again and again (kept for the last ``ORACLE_CACHE`` combinations)."""
+        from ..grammars import Oracle
+
+        counted = self.count_gaps or self.frontier
+        key = (id(grammar), id(model.tokenizer), model.mask_id, eos_ids, self.exact_cells, counted,
+               self.grammar_backend, self.open_end)
+        hit = _ORACLES.get(key)
+        if hit is not None and hit.grammar is grammar and hit.tokens_of is model.tokenizer:
+            _ORACLES.move_to_end(key)
+            return hit
+        oracle = Oracle(grammar, model.tokenizer, mask_id=model.mask_id, eos_ids=eos_ids,
+                        backend=self.grammar_backend, open_end=self.open_end,
+                        exact_cells=self.exact_cells, count_gaps=counted)
+        oracle.tokens_of = model.tokenizer  # identity check for the cache key's id()s
+        _ORACLES[key] = oracle
+        while len(_ORACLES) > ORACLE_CACHE:
+            _ORACLES.popitem(last=False)
+        return oracle
 
     def processor(self, logits: torch.Tensor, context) -> torch.Tensor:
         """Logit processor: special tokens (not EOS) can never be part of an output."""
@@ -250,11 +278,11 @@ class GrammarFilter(Filter):
             return self.frontier and _masks_before(before) > self.exact_cells
         return self.defer_eos and bool((before == MASK).any())
 
-    def _frontier_holds(self, cells) -> bool:
+    def _frontier_holds(self, oracle, cells) -> bool:
         """Does every long gap (more than ``exact_cells`` masks) end at the end of output (``frontier``)?"""
         eos = (cells == EOS).nonzero()[0]
         end = int(eos[0]) if eos.size else int(cells.shape[0])
-        return all(start + length == end for start, length in self.oracle.long_runs(cells))
+        return all(start + length == end for start, length in oracle.long_runs(cells))
 
     def _check_row(self, b: int, pairs: list[tuple[int, int]]) -> tuple[list[bool], list[bool], list[int]]:
         """Serial check of one row's commits (region positions, confidence order): kept and vetoed flags, and
@@ -271,16 +299,17 @@ class GrammarFilter(Filter):
         unrolling every short gap in every check made a check 20-40x slower on heavily masked canvases,
         unrolling only the neighbours left 6 of 32 rows stuck at threshold 0 that the exact check finishes."""
         state = self.states[b]
+        oracle = state.oracle
         if len(pairs) > 1 and not self.defer_eos and state.feasible():  # optimistic: the whole step at once
             together = state.cells.copy()
             for pos, tok in pairs:
-                code = self.oracle.code(tok)
-                if int(together[pos]) != MASK or self.oracle.excluded[tok]:
+                code = oracle.code(tok)
+                if int(together[pos]) != MASK or oracle.excluded[tok]:
                     break
                 together[pos] = code
             else:
                 state.checks += 1
-                if (not self.frontier or self._frontier_holds(together)) and self.oracle.status_cells(together) == 1:
+                if (not self.frontier or self._frontier_holds(oracle, together)) and oracle.status_cells(together) == 1:
                     return [True] * len(pairs), [False] * len(pairs), [t for _, t in pairs]
         kept, vetoed, landing, scratch = self._check_pass(b, pairs, exact=False)
         if scratch is not None and not any(vetoed) and self.exact_cells and self._confirm(state, scratch):
@@ -291,13 +320,14 @@ class GrammarFilter(Filter):
     def _confirm(self, state, scratch) -> bool:
         """Does the row's canvas with this step's kept commits fail the check with every short gap unrolled?"""
         state.checks += 1
-        return self.oracle.status_cells(scratch) != 1
+        return state.oracle.status_cells(scratch) != 1
 
     def _check_pass(self, b: int, pairs: list[tuple[int, int]], exact: bool):
         """One pass of ``_check_row``: (kept, vetoed, landing tokens, the row's canvas after the kept ones or
         None when nothing was kept). Deferred EOS commits (``_deferred``) are retried, in position order,
         after the others."""
-        state, oracle = self.states[b], self.oracle
+        state = self.states[b]
+        oracle = state.oracle
         kept, vetoed = [False] * len(pairs), [False] * len(pairs)
         landing = [t for _, t in pairs]
         scratch = None  # the row's canvas plus this step's accepted tokens
@@ -331,7 +361,8 @@ class GrammarFilter(Filter):
         ``scratch`` (None: the row's standing canvas); a commit feasible alone but not after this step's
         earlier ones is a conflict: dropped, not vetoed. A rejection at a cell rejected ``force_after`` times
         lands the witness's token instead (``_force``)."""
-        state, oracle = self.states[b], self.oracle
+        state = self.states[b]
+        oracle = state.oracle
         code = oracle.code(tok)
         cells = state.cells if scratch is None else scratch
         if (cells[:pos] == EOS).any() and (scratch is not None or state.feasible()):
@@ -375,23 +406,24 @@ class GrammarFilter(Filter):
         token is checked like any commit; when it fails (it left a long gap more text than it has cells), a
         second witness unrolls gaps of up to ``FORCE_UNROLL`` masks; when that fails too, nothing is forced."""
         state = self.states[b]
+        oracle = state.oracle
         if not self.force_after or state.rejected_at.get(pos, 0) < self.force_after:
             return None
         token = None
         for unroll in (None, FORCE_UNROLL):
-            chosen = self.oracle.witness_tokens(cells, split_at=pos, unroll=unroll)
+            chosen = oracle.witness_tokens(cells, split_at=pos, unroll=unroll)
             if chosen is None:
                 return None
             # the cell is unrolled (split there): no token means the completion ends before it, i.e. EOS fits
             witness = chosen.get(pos, self.eos_token)
-            blank = not self.oracle.tokens.table[witness].strip()  # fits almost anywhere, rarely progress
-            for token in ([self._content_token(cells, pos)] if blank else []) + [witness]:
+            blank = not oracle.tokens.table[witness].strip()  # fits almost anywhere, rarely progress
+            for token in ([self._content_token(oracle, cells, pos)] if blank else []) + [witness]:
                 if token is None:
                     continue
                 cand = cells.copy()
-                cand[pos] = self.oracle.code(token)
+                cand[pos] = oracle.code(token)
                 state.checks += 1
-                if self.oracle.status_cells(cand) == 1:
+                if oracle.status_cells(cand) == 1:
                     break
                 token = None  # e.g. the witness filled a long gap with more tokens than it has cells
             if token is not None:
@@ -400,23 +432,23 @@ class GrammarFilter(Filter):
             self.forced[self.caller[b]] = self.forced.get(self.caller[b], 0) + 1
         return token
 
-    def _content_token(self, cells, pos: int) -> int | None:
+    def _content_token(self, oracle, cells, pos: int) -> int | None:
         """The longest vocabulary token that starts the next non-blank text of a witness completion, when every
         cell before ``pos`` is filled (else None). Why: a blank witness token fits almost anywhere in JSON, so
         forcing it keeps a row completable without moving it on; measured on tiny-cot schema rows at
         threshold 0, one row had 32 cells forced to a tab and ended stuck on the rejection budget."""
         if (cells[:pos] == MASK).any():
             return None
-        completion = self.oracle.witness_cells(cells)
-        table = self.oracle.tokens.table
+        completion = oracle.witness_cells(cells)
+        table = oracle.tokens.table
         prefix = b"".join(table[int(c)] for c in cells[:pos] if c >= 0)
         if completion is None or not completion.startswith(prefix):
             return None
         rest = completion[len(prefix):].lstrip()
-        if getattr(self, "_by_bytes_of", None) is not self.oracle:  # allowed tokens by their bytes, per oracle
+        if getattr(self, "_by_bytes_of", None) is not table:  # allowed tokens by their bytes, per vocabulary
             self._by_bytes = {data: i for i, data in enumerate(table)
-                              if data and not self.oracle.excluded[i] and i not in self.oracle.eos_ids}
-            self._longest, self._by_bytes_of = max(map(len, self._by_bytes), default=0), self.oracle
+                              if data and not oracle.excluded[i] and i not in oracle.eos_ids}
+            self._longest, self._by_bytes_of = max(map(len, self._by_bytes), default=0), table
         for n in range(min(len(rest), self._longest), 0, -1):
             token = self._by_bytes.get(rest[:n])
             if token is not None:
@@ -433,7 +465,7 @@ class GrammarFilter(Filter):
             if not bool(torch.isfinite(confidence[b, w])):
                 return None
             tok = int(x0[b, w])
-            if w not in tried and not self._deferred(state.cells, w + offset, self.oracle.code(tok)):
+            if w not in tried and not self._deferred(state.cells, w + offset, state.oracle.code(tok)):
                 return w, tok
         return None
 
@@ -464,7 +496,7 @@ class GrammarFilter(Filter):
     def _resync(self, b: int, view: StepView) -> None:
         a = int(view.gen_start[b])
         region = view.canvas[b, a:a + len(self.states[b])].tolist()
-        state = self.oracle.start(region)
+        state = self.states[b].oracle.start(region)
         self.states[b] = state
         self.all_states[self.caller[b]] = state
 
