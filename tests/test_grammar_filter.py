@@ -223,13 +223,18 @@ def test_a_banned_key_token_derails_the_open_scaffold():
 
 
 def test_one_schema_per_prompt_in_one_batch():
-    from dllm.filters.grammar import _ORACLES
+    from dllm.filters.grammar import _ORACLES, build_oracles
     from dllm.tiny.tasks import load_test_set
 
     model = dllm.load("tiny-cot")
     examples = load_test_set("cot_json")[:4]
     schemas = [_schema_of(json.loads(e.target)) for e in examples]
     prompts = [e.prompt for e in examples]
+    oracles = build_oracles(model, schemas)  # ahead of the requests: generate finds them
+    assert len(oracles) == 4 and all(o._template is not None for o in oracles)
+    built = len(_ORACLES)
+    dllm.generate(model, prompts, sampler="threshold", threshold=0.9, schema=schemas)
+    assert len(_ORACLES) == built
     for options in ({"schema": schemas}, {"grammar": schemas}):
         out = dllm.generate(model, prompts, sampler="threshold", threshold=0.9, **options)
         for text, schema, status in zip(out.texts, schemas, out.status):

@@ -84,6 +84,16 @@ ORACLE_CACHE = 64  # oracles kept per process (``GrammarFilter._oracle``)
 _ORACLES: "OrderedDict[tuple, object]" = OrderedDict()
 
 
+def build_oracles(model, grammars, **options) -> list:
+    """Build (and cache, see ``GrammarFilter._oracle``) the oracle of each grammar for ``model`` ahead of the requests
+    that use them, as a server does at start-up; ``options`` are the filter's (``exact_cells``, ``frontier``, ...)."""
+    grammars = grammars if isinstance(grammars, (list, tuple)) else [grammars]
+    flt = GrammarFilter(grammar=list(grammars), **options)
+    flt.validate()
+    eos = tuple(int(i) for i in model.eos_ids)
+    return [flt._oracle(g, model, eos).warm() for g in flt.compiled]
+
+
 def _masks_before(cells) -> int:
     """Number of masked cells right before the end of ``cells`` (the run a commit after them would close)."""
     filled = (cells != MASK).nonzero()[0]

@@ -178,6 +178,12 @@ class Oracle:
             self._template = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3])
         return self._template
 
+    def warm(self) -> "Oracle":
+        """Build what the first checks would build lazily (the counted-run template), e.g. at a server's start-up."""
+        if self.count_gaps:
+            self._loop_template()
+        return self
+
     def _counted(self, cells: np.ndarray, starts: Sequence[int], budget: int) -> int:
         """The canvas with the runs that start at ``starts`` holding at most ``budget`` tokens together (the
         other long runs stay "any text"): 1 feasible, 0 not, 2 work cap."""
