@@ -157,7 +157,8 @@ def test_open_scaffold_on_the_tiny_models():
     from dllm.tiny.tasks import load_test_set
 
     cases = [("tiny", "json", i, {"sampler": "threshold", "threshold": t}) for i in range(3) for t in (0.9, 0.0)]
-    cases += [("tiny-cot", "cot_json", 3, {"sampler": "threshold", "threshold": 0.9, "cache": c}) for c in ("none", "dual")]
+    cases += [("tiny-cot", "cot_json", 3, {"sampler": "threshold", "threshold": 0.9, "cache": c})
+              for c in ("none", "dual")]
     written = 0
     for name, task, index, options in cases:
         model = dllm.load(name)

@@ -538,7 +538,8 @@ class GrammarFilter(Filter):
                                           "; a completion the grammar accepts is in stats.witnesses[row]")
 
     def describe(self) -> dict:
-        grammar = self.grammar if isinstance(self.grammar, (str, dict)) else type(self.grammar).__name__
+        one = lambda g: g if isinstance(g, (str, dict)) else type(g).__name__  # noqa: E731
+        grammar = [one(g) for g in self.grammar] if isinstance(self.grammar, (list, tuple)) else one(self.grammar)
         return {"filter": self.name, "grammar": grammar, "grammar_backend": self.grammar_backend,
                 "open_end": self.open_end, "defer_eos": self.defer_eos, "exact_cells": self.exact_cells,
                 "force_after": self.force_after, "count_gaps": self.count_gaps, "frontier": self.frontier}

@@ -13,8 +13,9 @@ So a value is as long as the model writes it, and the keys after it are never th
 model has written something else where a piece belongs (it may write keys itself, beyond the walk; the grammar
 keeps that valid), or when a filter has banned a skeleton token at its cell (the grammar vetoes it: the model's
 own commits after the cell leave no room for it, e.g. a key's closing ``":`` one cell too far), the row is
-*derailed*: the filter writes nothing more in it and the grammar alone carries it (counter ``scaffold_derailed``). Cells the filter wrote are fixed text, not model output: ``fixed_cells`` reports
-them and ``stats.tokens`` leaves them out; counter ``scaffold_cells``.
+*derailed*: the filter writes nothing more in it and the grammar alone carries it (counter ``scaffold_derailed``).
+Cells the filter wrote are fixed text, not model output: ``fixed_cells`` reports them and ``stats.tokens`` leaves
+them out; counter ``scaffold_cells``.
 """
 
 from __future__ import annotations
