@@ -27,7 +27,10 @@ Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = 
   most a budget, so a run of m masks holds at most m tokens without m copies of the automaton (the only
   cycles of the graph are these back edges). What lexemes starting inside such a run do there is the same in
   every run: ``make_template=True`` on a lone counted run returns it, and ``template`` lays it into each
-  counted run, so the sweep follows only the lexemes that enter the run;
+  counted run. So is what a lexeme entering the run in lexer state s does there (the edges it completes
+  inside, the states it leaves in, each at its cheapest count): ``seed=s`` sweeps that once per state, and
+  ``template[8:]`` (the entry table) applies it to each lexeme at the run's root, so the sweep jumps from a
+  counted run's root to its exit;
 * the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
   cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
   cell; with ``open_end=True`` (the reference's behaviour) a canvas without EOS has an open trailing gap.
@@ -153,7 +156,7 @@ EOS = -2
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
               c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted,
-              template, make_template):
+              template, make_template, seed):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -323,6 +326,17 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             p_next[npend] = head[r + n_cs]
             head[r + n_cs] = npend
             npend += 1
+    if seed >= 0:  # the entry table's sweep (``make_template``): one lexeme in state ``seed`` enters at the root
+        p_o[0] = 0
+        p_s[0] = seed
+        p_c[0] = 0
+        p_next[0] = -1
+        head[0] = 0
+        npend = 1
+        started[:] = 1  # and no lexeme starts in the run: those are the template's
+    # a counted run's entry table (``template[8:]``, swept once per oracle): for a lexeme in state s entering at the
+    # root, the lexeme edges it completes inside the run and the states it leaves in, at their cheapest
+    entry = tm[8].shape[0] > 0
     weighted = counted.shape[0] > 0  # else every cost is 0: no cheapest copy to keep
     again = False
     cur = -1  # root of the counted run being swept
@@ -421,6 +435,32 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     na += 1
                     if u == cur:
                         at_root[s2 * N + u] = u + 1
+        if entry and u == cur:  # the entry table does the run for the lexemes entering it: on to its exit
+            for k in range(na):
+                o = act_o[k]
+                s = act_s[k]
+                c = act_c[k]
+                for q in range(tm[8][s], tm[8][s + 1]):
+                    if ne == es.shape[0]:
+                        es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
+                    es[ne] = o
+                    et[ne] = tm[9][q]
+                    ed[ne] = u + tm[10][q]
+                    ec[ne] = c + tm[11][q]
+                    reach[u + tm[10][q]] = 1
+                    ne += 1
+                for q in range(tm[12][s], tm[12][s + 1]):
+                    if npend == p_o.shape[0]:
+                        p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
+                        p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
+                    p_o[npend] = o
+                    p_s[npend] = tm[13][q]
+                    p_c[npend] = c + tm[14][q]
+                    p_next[npend] = head[u + n_cs]
+                    head[u + n_cs] = npend
+                    npend += 1
+            u += n_cs
+            continue
         # every lexeme in progress follows every byte edge leaving u
         for ei in range(d_ptr[u], d_ptr[u + 1]):
             v = d_dst[ei]
