@@ -555,6 +555,38 @@ def test_counted_gaps_between_exact_and_loose(cells):
         assert counted == truth, (cells, truth, counted)
 
 
+def test_the_entry_table_gives_the_answers_of_the_full_sweep():
+    """A counted run takes what lexemes entering it do there from the oracle's entry table instead of sweeping the
+    run: on canvases cut anywhere in real JSON answers (also inside strings, so a lexeme is still in progress where
+    the run starts) and followed by 3-9 masks, the answer equals sweeping every run in full, and, where that run
+    ends the output, unrolling it token by token."""
+    import random
+
+    import dllm
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    rng = random.Random(7)
+    kw = dict(mask_id=model.mask_id, eos_ids=model.eos_ids)
+    table = Oracle("json", model.tokenizer, count_gaps=True, exact_cells=2, **kw)
+    swept = Oracle("json", model.tokenizer, count_gaps=True, exact_cells=2, **kw)
+    swept.use_template = False
+    unrolled = Oracle("json", model.tokenizer, exact_cells=10, **kw)
+    checked = 0
+    for example in load_test_set("cot_json")[:3]:
+        ids = model.tokenizer.encode(example.target, add_special_tokens=False)
+        for cut in range(1, len(ids)):
+            n = rng.randint(3, 7)
+            tail = ids[cut + n:cut + n + rng.randint(0, 2)] if rng.random() < 0.5 else []
+            cells = ids[:cut] + [model.mask_id] * n + tail + [model.eos_ids[0]]
+            got = table.feasible(cells)
+            assert got == swept.feasible(cells), model.tokenizer.decode(ids[:cut])
+            if not tail:
+                assert got == unrolled.feasible(cells), model.tokenizer.decode(ids[:cut])
+            checked += 1
+    assert checked > 40
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_counted_gaps_catch_a_gap_too_short_for_the_required_keys(tiny_tok, backend):
     """Five masks cannot hold ``, "city": "x", "size": 1`` (more than five tokens): the length-blind check

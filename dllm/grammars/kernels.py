@@ -28,8 +28,9 @@ Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = 
   cycles of the graph are these back edges). What lexemes starting inside such a run do there is the same in
   every run: ``make_template=True`` on a lone counted run returns it, and ``template`` lays it into each
   counted run. So is what a lexeme entering the run in lexer state s does there (the edges it completes
-  inside, the states it leaves in, each at its cheapest count): ``seed=s`` sweeps that once per state, and
-  ``template[8:]`` (the entry table) applies it to each lexeme at the run's root, so the sweep jumps from a
+  inside, the states it leaves in, each at its cheapest count, and what lexemes starting at nodes that only
+  its ends reach do): ``seed=s`` sweeps that once per state (given the template, whose lexemes it leaves out),
+  and ``template[8:]`` (the entry table) applies it to each lexeme at the run's root, so the sweep jumps from a
   counted run's root to its exit;
 * the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
   cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
@@ -303,7 +304,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     # oracle with ``make_template``), laid in at its offset; the sweep then follows only the lexemes that enter it
     tm = template
     for r in range(N):
-        if not is_root[r] or tm[7].shape[0] == 0:
+        if not is_root[r] or tm[7].shape[0] == 0 or seed >= 0:
             continue
         for a in range(n_cs):
             started[r + a] = tm[7][a]
@@ -333,7 +334,9 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         p_next[0] = -1
         head[0] = 0
         npend = 1
-        started[:] = 1  # and no lexeme starts in the run: those are the template's
+        # lexemes start only where the template's do not: at nodes that only this lexeme's ends reach
+        for a in range(n_cs):
+            started[a] = tm[7][a]
     # a counted run's entry table (``template[8:]``, swept once per oracle): for a lexeme in state s entering at the
     # root, the lexeme edges it completes inside the run and the states it leaves in, at their cheapest
     entry = tm[8].shape[0] > 0
@@ -440,22 +443,24 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 o = act_o[k]
                 s = act_s[k]
                 c = act_c[k]
+                # origin offset 0: the entering lexeme (cost from c); else a lexeme that started at that node of
+                # the run, which only an entering lexeme's end reaches (its cost counts from its own start)
                 for q in range(tm[8][s], tm[8][s + 1]):
                     if ne == es.shape[0]:
                         es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                    es[ne] = o
+                    es[ne] = o if tm[15][q] == 0 else u + tm[15][q]
                     et[ne] = tm[9][q]
                     ed[ne] = u + tm[10][q]
-                    ec[ne] = c + tm[11][q]
+                    ec[ne] = (c if tm[15][q] == 0 else 0) + tm[11][q]
                     reach[u + tm[10][q]] = 1
                     ne += 1
                 for q in range(tm[12][s], tm[12][s + 1]):
                     if npend == p_o.shape[0]:
                         p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
                         p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-                    p_o[npend] = o
+                    p_o[npend] = o if tm[16][q] == 0 else u + tm[16][q]
                     p_s[npend] = tm[13][q]
-                    p_c[npend] = c + tm[14][q]
+                    p_c[npend] = (c if tm[16][q] == 0 else 0) + tm[14][q]
                     p_next[npend] = head[u + n_cs]
                     head[u + n_cs] = npend
                     npend += 1

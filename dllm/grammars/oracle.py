@@ -40,7 +40,7 @@ from .tokens import TokenTable
 __all__ = ["Oracle", "OracleState"]
 
 _TABLES: dict[int, tuple[object, TokenTable]] = {}
-_NO_TEMPLATE = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),) + (np.zeros(0, dtype=np.int32),) * 7
+_NO_TEMPLATE = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),) + (np.zeros(0, dtype=np.int32),) * 9
 EXACT_CELLS = 4  # gaps of at most this many cells are unrolled token by token (see cells.py)
 
 
@@ -142,15 +142,16 @@ class Oracle:
 
     # ------------------------------------------------------------------ checks on raw cell arrays
     def _nfa(self, cells: np.ndarray, focus: tuple[int, int] | None = None, split_at: int = -1,
-             counted: Sequence[int] = (), unroll: int | None = None, make_template: bool = False, seed: int = -1):
+             counted: Sequence[int] = (), unroll: int | None = None, make_template: bool = False, seed: int = -1,
+             template: tuple | None = None):
         ar = self.grammar.arrays
         c = self.cell
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
                            ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
                            c.class_byte, self.exact_cells if unroll is None else unroll,
                            *(focus or (0, int(cells.shape[0]))), split_at, np.asarray(counted, dtype=np.int32),
-                           _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template,
-                           seed)
+                           template if template is not None else
+                           _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template, seed)
 
     def long_runs(self, cells: np.ndarray) -> list[tuple[int, int]]:
         """(start, length) of every run of masks before the end of output that is not unrolled (longer than
@@ -184,18 +185,20 @@ class Oracle:
             lone = np.array([K.MASK, K.EOS], dtype=np.int32)
             res = self._nfa(lone, counted=[0], make_template=True)
             inside = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3])
-            # the entry table: per lexer state, one sweep of a lexeme entering the run in that state
+            # the entry table: per lexer state, one sweep of a lexeme entering the run in that state (origin offset 0)
+            # and of the lexemes starting where only it reaches (their own offsets)
             n_gs = self.grammar.arrays["g_acc"].shape[0]
             e_ptr, x_ptr = np.zeros(n_gs + 1, dtype=np.int32), np.zeros(n_gs + 1, dtype=np.int32)
             parts: list[tuple] = []
             for state in range(n_gs):
-                r = self._nfa(lone, counted=[0], make_template=True, seed=state)
-                parts.append((r[5], r[6], r[13], r[8], r[9]))
+                r = self._nfa(lone, counted=[0], make_template=True, seed=state, template=inside + _NO_TEMPLATE[8:])
+                parts.append((r[5], r[6], r[13], r[8], r[9], r[4], r[2]))
                 e_ptr[state + 1] = e_ptr[state] + r[5].shape[0]
                 x_ptr[state + 1] = x_ptr[state] + r[8].shape[0]
             joined = [np.concatenate([p[i] for p in parts]).astype(np.int32) if parts else np.zeros(0, np.int32)
-                      for i in range(5)]
-            self._template = inside + (e_ptr, joined[0], joined[1], joined[2], x_ptr, joined[3], joined[4])
+                      for i in range(7)]
+            self._template = inside + (e_ptr, joined[0], joined[1], joined[2], x_ptr, joined[3], joined[4],
+                                       joined[5], joined[6])
         return self._template
 
     def warm(self) -> "Oracle":
