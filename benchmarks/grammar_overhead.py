@@ -9,8 +9,9 @@ per check, for the numba kernels and the pure-Python fallback (fewer checks: it 
 ``worst``: the engine's per-commit check (``allows``: only the gaps next to the cell unrolled); ``full``:
 the same candidate with every short gap unrolled (the grammar filter runs one per row and step). A second table
 times whole-canvas checks on canvases as the filter's frontier keeps them (decoded text with short holes, then one
-long masked run): plain, counted (``count_gaps``: the long run's tokens bounded, as the filter checks by default)
-and counted with the run swept in full instead of the oracle's template.
+long masked run): plain, counted (``count_gaps``: the long run's tokens bounded, as the filter checks by default;
+with the oracle's template and entry table), counted with the template alone, and counted with the run swept in
+full.
 
     python benchmarks/grammar_overhead.py [--checks 40] [--py-checks 6] [--lengths 64 256 512] [--exact-cells 4 0]
 """
@@ -100,20 +101,24 @@ def frontier_canvas(rng: random.Random, tok, oracle: Oracle, length: int, fill: 
 
 def bench_counted(tok, length: int, fill: float, checks: int, seed: int, backend: str):
     """Whole-canvas checks on frontier canvases: plain (the long run is any text), counted (``count_gaps``: its
-    tokens bounded) and counted with every counted run swept in full instead of the per-oracle template."""
+    tokens bounded; template and entry table built first), counted with the template alone (the lexemes entering
+    the run swept through it) and counted with every counted run swept in full."""
     mask = tok.token_to_id("<|mdm_mask|>")
     eos = tok.token_to_id("<|endoftext|>")
     plain = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend)
-    counted = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend, count_gaps=True)
+    counted = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend, count_gaps=True).warm()
+    template = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend, count_gaps=True)
+    template.use_entry_table = False
     swept = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend, count_gaps=True)
     swept.use_template = False
     rng = random.Random(seed)
-    times: dict[str, list[float]] = {"plain": [], "counted": [], "swept": []}
-    for oracle in (plain, counted, swept):  # compile / build the template outside the timings
+    oracles = (("plain", plain), ("counted", counted), ("template", template), ("swept", swept))
+    times: dict[str, list[float]] = {name: [] for name, _ in oracles}
+    for _, oracle in oracles:  # compile / build the template outside the timings
         oracle.status_cells(oracle.encode(frontier_canvas(random.Random(0), tok, oracle, 16, 0.5)))
     for _ in range(checks):
         cells = plain.encode(frontier_canvas(rng, tok, plain, length, fill))
-        for name, oracle in (("plain", plain), ("counted", counted), ("swept", swept)):
+        for name, oracle in oracles:
             t0 = time.perf_counter()
             oracle.status_cells(cells)
             times[name].append((time.perf_counter() - t0) * 1e3)
@@ -146,15 +151,17 @@ def main() -> None:
                 med, worst, fmed, fworst, nodes = bench(oracle, tok, length, fill, n, seed=length * 100 + int(fill * 100))
                 print(f"{backend:8} {exact:5d} {length:6d} {fill:5.0%} {nodes:6.0f} {med:10.2f} {worst:9.2f} "
                       f"{fmed:9.2f} {fworst:10.2f}", flush=True)
-    print("\nwhole-canvas checks on frontier canvases (ms, median / worst): plain, counted, counted without template")
-    print(f"{'backend':8} {'tokens':>6} {'fill':>5} {'plain':>13} {'counted':>13} {'swept':>13}")
+    print("\nwhole-canvas checks on frontier canvases (ms, median / worst): plain, counted, counted with the template "
+          "alone, counted swept in full")
+    print(f"{'backend':8} {'tokens':>6} {'fill':>5} {'plain':>13} {'counted':>13} {'template':>13} {'swept':>13}")
     for backend in args.backends:
         n = args.checks if backend == "numba" else args.py_checks
         for length in args.lengths:
             for fill in args.fills:
                 r = bench_counted(tok, length, fill, n, length * 100 + int(fill * 100) + 1, backend)
                 print(f"{backend:8} {length:6d} {fill:5.0%} " + " ".join(f"{r[k][0]:6.2f}/{r[k][1]:6.2f}"
-                                                                     for k in ("plain", "counted", "swept")), flush=True)
+                                                                     for k in ("plain", "counted", "template", "swept")),
+                      flush=True)
 
 
 if __name__ == "__main__":

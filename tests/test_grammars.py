@@ -540,7 +540,8 @@ def test_counted_gaps_between_exact_and_loose(cells):
     and pure Python agree, with the run's inner lexemes from the oracle's template or swept in full."""
     answers = {}
     for backend in BACKENDS:
-        answers[backend] = pool_oracle(backend, count_gaps=True).feasible(cells)
+        answers[backend] = pool_oracle(backend, count_gaps=True).warm().feasible(cells)  # template + entry table
+        answers[backend + " template"] = pool_oracle(backend, count_gaps=True).feasible(cells)  # no table yet
         swept = pool_oracle(backend, count_gaps=True)
         swept.use_template = False  # every counted run swept in full instead of the per-oracle template
         answers[backend + " swept"] = swept.feasible(cells)
@@ -560,15 +561,13 @@ def test_the_entry_table_gives_the_answers_of_the_full_sweep():
     run: on canvases cut anywhere in real JSON answers (also inside strings, so a lexeme is still in progress where
     the run starts) and followed by 3-9 masks, the answer equals sweeping every run in full, and, where that run
     ends the output, unrolling it token by token."""
-    import random
-
     import dllm
     from dllm.tiny.tasks import load_test_set
 
     model = dllm.load("tiny-cot")
     rng = random.Random(7)
     kw = dict(mask_id=model.mask_id, eos_ids=model.eos_ids)
-    table = Oracle("json", model.tokenizer, count_gaps=True, exact_cells=2, **kw)
+    table = Oracle("json", model.tokenizer, count_gaps=True, exact_cells=2, **kw).warm()
     swept = Oracle("json", model.tokenizer, count_gaps=True, exact_cells=2, **kw)
     swept.use_template = False
     unrolled = Oracle("json", model.tokenizer, exact_cells=10, **kw)

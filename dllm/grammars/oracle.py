@@ -40,6 +40,7 @@ from .tokens import TokenTable
 __all__ = ["Oracle", "OracleState"]
 
 _TABLES: dict[int, tuple[object, TokenTable]] = {}
+ENTRY_AFTER = 32  # counted builds before an oracle builds its entry table (one-off requests rarely repay it)
 _NO_TEMPLATE = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),) + (np.zeros(0, dtype=np.int32),) * 9
 EXACT_CELLS = 4  # gaps of at most this many cells are unrolled token by token (see cells.py)
 
@@ -117,6 +118,8 @@ class Oracle:
         self.count_gaps = count_gaps
         self.use_template = True  # tests compare with False (every counted run swept in full)
         self._template = None
+        self._counted_builds = 0  # the entry table is built after ENTRY_AFTER of them (``_loop_template``)
+        self.use_entry_table = True  # benchmarks compare with False (the template alone, the run swept for entries)
         allowed = ~self.excluded
         for e in self.eos_ids:
             if 0 <= e < len(allowed):
@@ -175,35 +178,41 @@ class Oracle:
         through the next.)
 
         Then the entry table: what a lexeme entering the run in lexer state s does there, one sweep per state
-        (``seed=s``: n_gs small sweeps, once per oracle). With it a counted check never sweeps the run: the lexemes
+        (``seed=s``: n_gs small sweeps, once per oracle: about 40 ms for a tiny-cot schema, so it is built after
+        ``ENTRY_AFTER`` counted builds, or by ``warm``). With it a counted check never sweeps the run: the lexemes
         at its root take their edges and exit states from the table. Measured on a tiny-cot schema canvas (prefix,
         a 2-cell gap, a counted tail): counted build 4.4 -> 1.4 ms, whole-canvas check 6.2 -> 3.1 ms; on 7,582
         decoding canvases (a schema and JSON) the same answers as sweeping every run in full."""
         if not self.use_template:
             return _NO_TEMPLATE
+        lone = np.array([K.MASK, K.EOS], dtype=np.int32)
         if self._template is None:
-            lone = np.array([K.MASK, K.EOS], dtype=np.int32)
             res = self._nfa(lone, counted=[0], make_template=True)
-            inside = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3])
+            self._template = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3]) + _NO_TEMPLATE[8:]
+        self._counted_builds += 1
+        if self._template[8].shape[0] == 0 and self._counted_builds > ENTRY_AFTER and self.use_entry_table:
+            inside = self._template[:8] + _NO_TEMPLATE[8:]
             # the entry table: per lexer state, one sweep of a lexeme entering the run in that state (origin offset 0)
             # and of the lexemes starting where only it reaches (their own offsets)
             n_gs = self.grammar.arrays["g_acc"].shape[0]
             e_ptr, x_ptr = np.zeros(n_gs + 1, dtype=np.int32), np.zeros(n_gs + 1, dtype=np.int32)
             parts: list[tuple] = []
             for state in range(n_gs):
-                r = self._nfa(lone, counted=[0], make_template=True, seed=state, template=inside + _NO_TEMPLATE[8:])
+                r = self._nfa(lone, counted=[0], make_template=True, seed=state, template=inside)
                 parts.append((r[5], r[6], r[13], r[8], r[9], r[4], r[2]))
                 e_ptr[state + 1] = e_ptr[state] + r[5].shape[0]
                 x_ptr[state + 1] = x_ptr[state] + r[8].shape[0]
             joined = [np.concatenate([p[i] for p in parts]).astype(np.int32) if parts else np.zeros(0, np.int32)
                       for i in range(7)]
-            self._template = inside + (e_ptr, joined[0], joined[1], joined[2], x_ptr, joined[3], joined[4],
-                                       joined[5], joined[6])
+            self._template = inside[:8] + (e_ptr, joined[0], joined[1], joined[2], x_ptr, joined[3], joined[4],
+                                           joined[5], joined[6])
         return self._template
 
     def warm(self) -> "Oracle":
-        """Build what the first checks would build lazily (the counted-run template), e.g. at a server's start-up."""
+        """Build what the first checks would build lazily (the counted-run template and entry table), e.g. at a
+        server's start-up."""
         if self.count_gaps:
+            self._counted_builds = max(self._counted_builds, ENTRY_AFTER)
             self._loop_template()
         return self
 
