@@ -37,7 +37,8 @@ def check_outputs(out, grammar, schema=None):
 
 CASES = [("llada", "none", "static", {}), ("llada", "prefix", "threshold", {"threshold": 0.5}),
          ("llada", "dual", "localleap", {}), ("dream", "none", "threshold", {"threshold": 0.0}),
-         ("sdar", "block", "threshold", {"threshold": 0.3}), ("fast_dllm_v2", "block", "static", {})]
+         ("sdar", "block", "threshold", {"threshold": 0.3}), ("fast_dllm_v2", "block", "static", {}),
+         ("llada", "none", "threshold", {"threshold": 0.0, "conflict_waits": False})]
 
 
 @pytest.mark.parametrize("family,cache,sampler,options", CASES)
@@ -285,6 +286,9 @@ def test_bad_input_errors_come_before_any_forward(tmp_path):
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, exact_cells=2), "exact_cells", "grammar=")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", exact_cells=-1), "exact_cells", ">= 0")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", force_after=True), "force_after")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", conflict_waits="maybe", gen_length=16,
+                                                   block_length=8), "conflict_waits must be true or false")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, conflict_waits=False), "conflict_waits", "grammar=")
     assert calls == []
 
 

@@ -15,6 +15,10 @@ position), each against the canvas including the earlier accepted ones of the sa
   only gains information;
 * feasible alone but not together with an earlier accepted token of this step (a *conflict*) -> dropped
   from this step's commit (``adjust``), not banned: it may be right once the model sees the earlier token.
+  With ``conflict_waits=True`` (default) the row's remaining, less confident commits of the step wait too
+  (unchecked, not banned): they were proposed without the accepted tokens either. Measured on tiny-cot
+  (60 rows, oracles built first, side by side): schema grammar at threshold 0.5 15.7 -> 12.1 s, exact 36 -> 39
+  rows; at 0 27.7 -> 19.3 s, exact 35 -> 38, NFE 3.70 -> 3.35; JSON at 0 8.5 -> 5.9 s; at 0.9 no change.
   The first pair of a row is always checked against the standing canvas, so a row that is not rejected
   keeps at least one commit (progress).
 
@@ -63,7 +67,7 @@ the oracle).
 
 Added by ``dllm.generate(grammar=..., schema=..., template=...)``; also usable as ``filters=["grammar"]``
 (options ``grammar`` = anything ``dllm.grammars.load_grammar`` takes, ``grammar_backend``, ``open_end``,
-``defer_eos``, ``exact_cells``, ``force_after``, ``count_gaps``, ``frontier``).
+``defer_eos``, ``exact_cells``, ``force_after``, ``count_gaps``, ``frontier``, ``conflict_waits``).
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class GrammarFilter(Filter):
     force_after: int = 3  # rejections at one cell of such a gap before it takes the witness's token (0: never)
     count_gaps: bool = False  # True: whole-canvas checks also bound each longer gap's tokens (slow, see Oracle)
     frontier: bool = True  # a token waits while more than exact_cells masks precede it (``_deferred``)
+    conflict_waits: bool = True  # after a row's first conflict in a step, its remaining commits wait for the next
 
     def validate(self) -> None:
         if self.grammar_backend not in (None, "numba", "python", "auto"):
@@ -119,7 +124,7 @@ class GrammarFilter(Filter):
             raise ValueError(f"exact_cells must be an integer >= 0 (got {self.exact_cells!r}); 0 = length-blind gaps")
         if isinstance(self.force_after, bool) or not isinstance(self.force_after, int) or self.force_after < 0:
             raise ValueError(f"force_after must be an integer >= 0 (got {self.force_after!r}); 0 = never force")
-        for option in ("count_gaps", "frontier", "defer_eos", "open_end"):
+        for option in ("count_gaps", "frontier", "defer_eos", "open_end", "conflict_waits"):
             if not isinstance(getattr(self, option), bool):
                 raise ValueError(f"{option} must be True or False (got {getattr(self, option)!r})")
         from ..grammars import load_grammar
@@ -357,6 +362,8 @@ class GrammarFilter(Filter):
             scratch, kept[i], vetoed[i], landing[i] = self._check_pair(b, pos, tok, scratch, exact)
             if vetoed[i]:  # the row re-selects anyway: leave the rest for then
                 return kept, vetoed, landing, scratch
+            if self.conflict_waits and not kept[i]:  # a conflict: the rest of the row's step waits (see docstring)
+                break
         for i in sorted(waiting, key=lambda i: pairs[i][0]):
             pos, tok = pairs[i]
             if not self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
@@ -542,4 +549,5 @@ class GrammarFilter(Filter):
         grammar = [one(g) for g in self.grammar] if isinstance(self.grammar, (list, tuple)) else one(self.grammar)
         return {"filter": self.name, "grammar": grammar, "grammar_backend": self.grammar_backend,
                 "open_end": self.open_end, "defer_eos": self.defer_eos, "exact_cells": self.exact_cells,
-                "force_after": self.force_after, "count_gaps": self.count_gaps, "frontier": self.frontier}
+                "force_after": self.force_after, "count_gaps": self.count_gaps, "frontier": self.frontier,
+                "conflict_waits": self.conflict_waits}
