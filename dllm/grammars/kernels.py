@@ -124,7 +124,6 @@ def _template(n_cs, N, n_gs, head, p_next, p_o, p_s, p_c, started, es, et, ed, e
     (3, n_cs, exit origins, started flags, edge sources, terminals, ends, -, exit states, exit costs, -, -, -,
     edge costs)."""
     best = np.full(n_gs * N, -1, dtype=np.int32)
-    xo = np.empty(0, dtype=np.int32)
     keys = np.empty(64, dtype=np.int64)
     nx = 0
     k = head[n_cs]
@@ -174,6 +173,10 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         if cells[j] >= 0:
             return (0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
                     empty_i, empty_i, empty_b, empty_b, empty_i, empty_i)
+    # a counted run's entry table (``template[8:]``, swept once per oracle): for a lexeme in state s entering at the
+    # root, the lexeme edges it completes inside the run and the states it leaves in, at their cheapest; with it the
+    # sweep jumps over the run, so the run's byte edges are not laid out
+    entry = template[8].shape[0] > 0
     # ---- the canvas as a graph of byte edges: count, then lay out
     cell_edges = 0
     loop_edges = 0
@@ -195,7 +198,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             k = _run_end(cells, j, e, split_at)
             if _counted(counted, j):
                 N += n_cs
-                M += loop_edges
+                M += 0 if entry else loop_edges
             elif _unrolled(j, k, L, open_end, max_cells, focus_lo, focus_hi, split_at):
                 N += (k - j) * n_cs
                 M += (k - j) * cell_edges
@@ -229,7 +232,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             is_root[u] = 1
             if k == e:
                 is_end[u] = 1
-            for a in range(n_cs):
+            for a in range(0 if entry else n_cs):
                 for cl in range(n_cls):
                     t = c_step[a * n_cls + cl]
                     if t < 0:
@@ -337,9 +340,6 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         # lexemes start only where the template's do not: at nodes that only this lexeme's ends reach
         for a in range(n_cs):
             started[a] = tm[7][a]
-    # a counted run's entry table (``template[8:]``, swept once per oracle): for a lexeme in state s entering at the
-    # root, the lexeme edges it completes inside the run and the states it leaves in, at their cheapest
-    entry = tm[8].shape[0] > 0
     weighted = counted.shape[0] > 0  # else every cost is 0: no cheapest copy to keep
     again = False
     cur = -1  # root of the counted run being swept
@@ -706,8 +706,9 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
     derivation over the same triples as :func:`search`: triples leave a bucket queue in cost order, so a triple
     is final the first time it is popped, and binary rules combine it with final partners only. The graph may
     have cycles here (the counted run loops), so partner scans cover every word. Costs above the budget are
-    never queued. 1 feasible, 0 not, 2 work cap. Used with one counted run at a time (``build_nfa``'s
-    ``count_at``); there is no witness from this search (the plain search gives it)."""
+    never queued. 1 feasible, 0 not, 2 work cap. The budget is that of the runs listed in ``build_nfa``'s
+    ``counted`` (one run, or all long runs together); there is no witness from this search (the plain search
+    gives it)."""
     W = (n + 63) >> 6
     nn = n * n
     right = np.zeros(n_nt * n * W, dtype=np.int64)

@@ -183,6 +183,9 @@ class Oracle:
         at its root take their edges and exit states from the table. Measured on a tiny-cot schema canvas (prefix,
         a 2-cell gap, a counted tail): counted build 4.4 -> 1.4 ms, whole-canvas check 6.2 -> 3.1 ms; on 7,582
         decoding canvases (a schema and JSON) the same answers as sweeping every run in full."""
+        # layout (``build_nfa`` reads it by index): 0-7 the template (edge origins, terminals, ends, costs; exit
+        # origins, states, costs; started flags), 8-16 the entry table (edge offsets per state, terminals, ends,
+        # costs; exit offsets per state, states, costs; edge origins, exit origins: 0 = the entering lexeme)
         if not self.use_template:
             return _NO_TEMPLATE
         lone = np.array([K.MASK, K.EOS], dtype=np.int32)
