@@ -69,6 +69,7 @@ class ScaffoldFilter(Filter):
         self.eos = set(engine.settings.eos_ids)
         self.written: dict[int, set[int]] = {}  # caller row -> region positions written by this filter
         self.derailed: dict[int, bool] = {}
+        self._settled: dict[int, tuple[int, int]] = {}  # caller row -> (item index, position) settled for good
         self._proposed: dict[tuple[int, int], int] = {}
 
     def _row_items(self, row: int) -> list:
@@ -78,22 +79,32 @@ class ScaffoldFilter(Filter):
     def pending(self, items: list, region: list[int]) -> tuple[list[tuple[int, int]], bool]:
         """(region position, token) of the fixed cells still masked where the walk reaches, and whether the row
         is derailed (a cell of a fixed piece holds another token)."""
+        cells, derailed, _ = self._walk(items, region, (0, 0))
+        return cells, derailed
+
+    def _walk(self, items: list, region: list[int], start: tuple[int, int]):
+        """``pending`` from ``start`` = (item index, region position), plus how far the row is settled for good:
+        a piece whose cells all stand and a complete slot never change (committed cells are never overwritten),
+        so the next step's walk resumes there instead of reading every slot again."""
         from ..grammars.scaffold import slot_complete
 
-        pos, out = 0, []
-        for item in items:
+        first, pos = start
+        settled, out = start, []
+        for n in range(first, len(items)):
+            item = items[n]
             if isinstance(item, tuple):
                 for j, token in enumerate(item):
                     if pos + j >= len(region):
-                        return out, False
+                        return out, False, settled
                     cell = region[pos + j]
                     if cell == self.mask_id:
                         out.append((pos + j, token))
                     elif cell != token:
-                        return [], True
+                        return [], True, settled
                 if out:  # the slot after a piece that has not landed yet is still masked
-                    return out, False
+                    return out, False, settled
                 pos += len(item)
+                settled = (n + 1, pos)
                 continue
             text, end = b"", None
             for k in range(pos, len(region)):
@@ -105,11 +116,15 @@ class ScaffoldFilter(Filter):
                     end = k + 1
                     break
             if end is None:
-                return out, False
+                return out, False, settled
             pos = end
-        return out, False
+            settled = (n + 1, pos)
+        return out, False, settled
 
     def adjust(self, view: StepView, decision: Decision) -> Decision:
+        if all(self.derailed.get(row) or self._settled.get(row, (0, 0))[0] == len(self._row_items(row))
+               for row in self.caller):
+            return decision  # nothing left to write: no host copies
         canvas = view.canvas.cpu()
         masked = view.masked.cpu()
         starts = view.gen_start.cpu().tolist()
@@ -121,7 +136,8 @@ class ScaffoldFilter(Filter):
                 continue
             start = starts[b]
             region = canvas[b, start:].tolist()
-            cells, derailed = self.pending(self._row_items(row), region)
+            cells, derailed, self._settled[row] = self._walk(self._row_items(row), region,
+                                                              self._settled.get(row, (0, 0)))
             if derailed:
                 self.derailed[row] = True
                 continue
