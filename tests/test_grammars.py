@@ -507,10 +507,12 @@ def test_template_with_impossible_text_is_infeasible_up_front(tiny_tok):
 def test_focused_checks_and_split_witnesses_are_sound(cells, exact_cells):
     """A check that unrolls only the gaps next to one cell (``near``) never says "no" where unrolling every
     short gap says "yes"; a witness cut at a masked cell (``split_at``) gives that cell a token whose commit
-    keeps the canvas feasible; numba and pure Python agree on both."""
-    answers = []
-    for backend in BACKENDS:
+    keeps the canvas feasible; numba and pure Python agree on both, with unrolled cells jumped over by the
+    oracle's cell table (the default) or swept byte by byte."""
+    answers = {}
+    for backend, by_cell in [(b, flag) for b in BACKENDS for flag in (True, False)]:
         o = pool_oracle(backend, exact_cells=exact_cells)
+        o.use_cell_table = by_cell
         code = o.encode(cells)
         full = o.status_cells(code)
         got = []
@@ -526,8 +528,11 @@ def test_focused_checks_and_split_witnesses_are_sound(cells, exact_cells):
                 assert o.feasible(filled), (cells, i, token)
                 got.append((i, token))
             got.append(near)
-        answers.append((full, got))
-    assert len({repr(a) for a in answers}) == 1
+        answers[backend, by_cell] = (full, got)
+    for by_cell in (True, False):  # the backends agree on everything, the witness's token included
+        assert len({repr(a) for (_, flag), a in answers.items() if flag == by_cell}) == 1
+    # with and without the table: the same answers (a witness may take another derivation)
+    assert len({repr((full, [g for g in got if not isinstance(g, tuple)])) for full, got in answers.values()}) == 1
 
 
 # ---------------------------------------------------------------------------------------------- counted long gaps
@@ -584,6 +589,39 @@ def test_the_entry_table_gives_the_answers_of_the_full_sweep():
                 assert got == unrolled.feasible(cells), model.tokenizer.decode(ids[:cut])
             checked += 1
     assert checked > 40
+
+
+def test_the_cell_table_gives_the_answers_of_the_byte_sweep():
+    """Unrolled cells take what lexemes do inside one cell from the oracle's cell table instead of a byte-by-byte
+    sweep: on real JSON answers with random short holes (also inside strings), a cut-off tail of masks and now and
+    then a wrong token, whole-canvas and focused checks give the byte sweep's answers, and a witness built with the table
+    is in the grammar."""
+    import dllm
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    rng = random.Random(11)
+    kw = dict(mask_id=model.mask_id, eos_ids=model.eos_ids, count_gaps=True)
+    table = Oracle("json", model.tokenizer, **kw).warm()
+    swept = Oracle("json", model.tokenizer, **kw)
+    swept.use_cell_table = False
+    outcomes = set()
+    for example in load_test_set("cot_json")[:4]:
+        ids = model.tokenizer.encode(example.target, add_special_tokens=False) + [model.eos_ids[0]] * 2
+        for _ in range(25):
+            cut = rng.randrange(1, len(ids))
+            cells = [model.mask_id if j >= cut or rng.random() < 0.3 else t for j, t in enumerate(ids)]
+            if rng.random() < 0.4:
+                cells[rng.randrange(len(cells))] = rng.randrange(model.vocab_size)
+            code = table.encode(cells)
+            got = table.status_cells(code)
+            assert got == swept.status_cells(code), cells
+            near = rng.randrange(len(cells))
+            assert table.status_cells(code, near=near) == swept.status_cells(code, near=near), (cells, near)
+            if got == 1:  # the search may take another first derivation, but the grammar takes it (bytes as
+                assert table.grammar.parses(table.witness_cells(code).decode("latin-1")), cells  # characters)
+            outcomes.add(got)
+    assert outcomes == {0, 1}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -156,7 +156,7 @@ EOS = -2
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
               c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted,
-              template, make_template, seed):
+              template, make_template, seed, cell_tm):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -177,6 +177,9 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     # root, the lexeme edges it completes inside the run and the states it leaves in, at their cheapest; with it the
     # sweep jumps over the run, so the run's byte edges are not laid out
     entry = template[8].shape[0] > 0
+    # an unrolled cell's table (``cell_tm``, the same layout for one cell of the automaton, swept once per oracle):
+    # the sweep jumps from each cell's junction to the next
+    by_cell = cell_tm[8].shape[0] > 0
     # ---- the canvas as a graph of byte edges: count, then lay out
     cell_edges = 0
     loop_edges = 0
@@ -211,6 +214,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     d_gap = np.zeros(N, dtype=np.uint8)
     is_end = np.zeros(N, dtype=np.uint8)
     is_root = np.zeros(N, dtype=np.uint8)  # a counted run's looped automaton: nodes root .. root + n_cs - 1
+    is_cell = np.zeros(N, dtype=np.uint8)  # the junction of an unrolled cell swept by ``cell_tm``
     u = 0
     m = 0
     j = 0
@@ -250,6 +254,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             for i in range(k - j):
                 if k == e:
                     is_end[u] = 1  # masks before an end of output may all be EOS
+                if by_cell:
+                    is_cell[u] = 1  # the sweep jumps over it; its byte edges stay for a witness to spell lexemes
                 for a in range(n_cs):
                     for cl in range(n_cls):
                         t = c_step[a * n_cls + cl]
@@ -421,6 +427,28 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     reach[u] = 1
                 elif weighted and act_c[k] < ec[eslot[key]]:
                     ec[eslot[key]] = act_c[k]
+        if is_cell[u]:  # what lexemes starting inside the cell do there (``cell_tm[:8]``), laid in at its offset
+            for a in range(n_cs):
+                started[u + a] = cell_tm[7][a]
+            for k in range(cell_tm[0].shape[0]):
+                if ne == es.shape[0]:
+                    es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
+                es[ne] = u + cell_tm[0][k]
+                et[ne] = cell_tm[1][k]
+                ed[ne] = u + cell_tm[2][k]
+                ec[ne] = cell_tm[3][k]
+                reach[u + cell_tm[2][k]] = 1
+                ne += 1
+            for k in range(cell_tm[4].shape[0]):
+                if npend == p_o.shape[0]:
+                    p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
+                    p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
+                p_o[npend] = u + cell_tm[4][k]
+                p_s[npend] = cell_tm[5][k]
+                p_c[npend] = cell_tm[6][k]
+                p_next[npend] = head[u + n_cs]
+                head[u + n_cs] = npend
+                npend += 1
         # lexemes starting at node u (inside the gap when u is a loose gap); once per node
         if reach[u] and not started[u]:
             started[u] = 1
@@ -438,29 +466,30 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     na += 1
                     if u == cur:
                         at_root[s2 * N + u] = u + 1
-        if entry and u == cur:  # the entry table does the run for the lexemes entering it: on to its exit
+        if is_cell[u] or (entry and u == cur):  # the entry table does the run (or cell) for the lexemes entering
+            xt = cell_tm if is_cell[u] else tm  # it: on to its exit
             for k in range(na):
                 o = act_o[k]
                 s = act_s[k]
                 c = act_c[k]
                 # origin offset 0: the entering lexeme (cost from c); else a lexeme that started at that node of
                 # the run, which only an entering lexeme's end reaches (its cost counts from its own start)
-                for q in range(tm[8][s], tm[8][s + 1]):
+                for q in range(xt[8][s], xt[8][s + 1]):
                     if ne == es.shape[0]:
                         es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                    es[ne] = o if tm[15][q] == 0 else u + tm[15][q]
-                    et[ne] = tm[9][q]
-                    ed[ne] = u + tm[10][q]
-                    ec[ne] = (c if tm[15][q] == 0 else 0) + tm[11][q]
-                    reach[u + tm[10][q]] = 1
+                    es[ne] = o if xt[15][q] == 0 else u + xt[15][q]
+                    et[ne] = xt[9][q]
+                    ed[ne] = u + xt[10][q]
+                    ec[ne] = (c if xt[15][q] == 0 else 0) + xt[11][q]
+                    reach[u + xt[10][q]] = 1
                     ne += 1
-                for q in range(tm[12][s], tm[12][s + 1]):
+                for q in range(xt[12][s], xt[12][s + 1]):
                     if npend == p_o.shape[0]:
                         p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
                         p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-                    p_o[npend] = o if tm[16][q] == 0 else u + tm[16][q]
-                    p_s[npend] = tm[13][q]
-                    p_c[npend] = (c if tm[16][q] == 0 else 0) + tm[14][q]
+                    p_o[npend] = o if xt[16][q] == 0 else u + xt[16][q]
+                    p_s[npend] = xt[13][q]
+                    p_c[npend] = (c if xt[16][q] == 0 else 0) + xt[14][q]
                     p_next[npend] = head[u + n_cs]
                     head[u + n_cs] = npend
                     npend += 1

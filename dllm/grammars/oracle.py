@@ -120,6 +120,8 @@ class Oracle:
         self._template = None
         self._counted_builds = 0  # the entry table is built after ENTRY_AFTER of them (``_loop_template``)
         self.use_entry_table = True  # benchmarks compare with False (the template alone, the run swept for entries)
+        self.use_cell_table = True  # tests and benchmarks compare with False (unrolled cells swept byte by byte)
+        self._cells_table = None
         allowed = ~self.excluded
         for e in self.eos_ids:
             if 0 <= e < len(allowed):
@@ -146,7 +148,7 @@ class Oracle:
     # ------------------------------------------------------------------ checks on raw cell arrays
     def _nfa(self, cells: np.ndarray, focus: tuple[int, int] | None = None, split_at: int = -1,
              counted: Sequence[int] = (), unroll: int | None = None, make_template: bool = False, seed: int = -1,
-             template: tuple | None = None):
+             template: tuple | None = None, by_cell: bool = False):
         ar = self.grammar.arrays
         c = self.cell
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
@@ -154,7 +156,8 @@ class Oracle:
                            c.class_byte, self.exact_cells if unroll is None else unroll,
                            *(focus or (0, int(cells.shape[0]))), split_at, np.asarray(counted, dtype=np.int32),
                            template if template is not None else
-                           _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template, seed)
+                           _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template, seed,
+                           self._cell_table() if by_cell and not make_template else _NO_TEMPLATE)
 
     def long_runs(self, cells: np.ndarray) -> list[tuple[int, int]]:
         """(start, length) of every run of masks before the end of output that is not unrolled (longer than
@@ -183,9 +186,6 @@ class Oracle:
         at its root take their edges and exit states from the table. Measured on a tiny-cot schema canvas (prefix,
         a 2-cell gap, a counted tail): counted build 4.4 -> 1.4 ms, whole-canvas check 6.2 -> 3.1 ms; on 7,582
         decoding canvases (a schema and JSON) the same answers as sweeping every run in full."""
-        # layout (``build_nfa`` reads it by index): 0-7 the template (edge origins, terminals, ends, costs; exit
-        # origins, states, costs; started flags), 8-16 the entry table (edge offsets per state, terminals, ends,
-        # costs; exit offsets per state, states, costs; edge origins, exit origins: 0 = the entering lexeme)
         if not self.use_template:
             return _NO_TEMPLATE
         lone = np.array([K.MASK, K.EOS], dtype=np.int32)
@@ -194,26 +194,45 @@ class Oracle:
             self._template = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3]) + _NO_TEMPLATE[8:]
         self._counted_builds += 1
         if self._template[8].shape[0] == 0 and self._counted_builds > ENTRY_AFTER and self.use_entry_table:
-            inside = self._template[:8] + _NO_TEMPLATE[8:]
-            # the entry table: per lexer state, one sweep of a lexeme entering the run in that state (origin offset 0)
-            # and of the lexemes starting where only it reaches (their own offsets)
-            n_gs = self.grammar.arrays["g_acc"].shape[0]
-            e_ptr, x_ptr = np.zeros(n_gs + 1, dtype=np.int32), np.zeros(n_gs + 1, dtype=np.int32)
-            parts: list[tuple] = []
-            for state in range(n_gs):
-                r = self._nfa(lone, counted=[0], make_template=True, seed=state, template=inside)
-                parts.append((r[5], r[6], r[13], r[8], r[9], r[4], r[2]))
-                e_ptr[state + 1] = e_ptr[state] + r[5].shape[0]
-                x_ptr[state + 1] = x_ptr[state] + r[8].shape[0]
-            joined = [np.concatenate([p[i] for p in parts]).astype(np.int32) if parts else np.zeros(0, np.int32)
-                      for i in range(7)]
-            self._template = inside[:8] + (e_ptr, joined[0], joined[1], joined[2], x_ptr, joined[3], joined[4],
-                                           joined[5], joined[6])
+            self._template = self._entry_table(self._template[:8] + _NO_TEMPLATE[8:], [0])
         return self._template
+
+    def _entry_table(self, inside: tuple, counted: list[int]) -> tuple:
+        """``inside`` (a template: what lexemes starting inside a lone run or cell do there) plus its entry table: per
+        lexer state, one sweep of a lexeme entering there at the root (origin offset 0) and of the lexemes starting
+        where only it reaches (their own offsets); ``counted=[0]``: the looped run, ``[]``: one unrolled cell."""
+        # layout (``build_nfa`` reads it by index): 0-7 the template (edge origins, terminals, ends, costs; exit
+        # origins, states, costs; started flags), 8-16 the entry table (edge offsets per state, terminals, ends,
+        # costs; exit offsets per state, states, costs; edge origins, exit origins: 0 = the entering lexeme)
+        lone = np.array([K.MASK, K.EOS], dtype=np.int32)
+        n_gs = self.grammar.arrays["g_acc"].shape[0]
+        e_ptr, x_ptr = np.zeros(n_gs + 1, dtype=np.int32), np.zeros(n_gs + 1, dtype=np.int32)
+        parts: list[tuple] = []
+        for state in range(n_gs):
+            r = self._nfa(lone, counted=counted, unroll=1, make_template=True, seed=state, template=inside)
+            parts.append((r[5], r[6], r[13], r[8], r[9], r[4], r[2]))
+            e_ptr[state + 1] = e_ptr[state] + r[5].shape[0]
+            x_ptr[state + 1] = x_ptr[state] + r[8].shape[0]
+        joined = [np.concatenate([p[i] for p in parts]).astype(np.int32) if parts else np.zeros(0, np.int32)
+                  for i in range(7)]
+        return inside[:8] + (e_ptr, joined[0], joined[1], joined[2], x_ptr, joined[3], joined[4], joined[5], joined[6])
+
+    def _cell_table(self) -> tuple:
+        """One unrolled cell's template and entry table (``_entry_table``), swept once per oracle: with it a check
+        jumps from each unrolled cell's junction to the next instead of pushing every lexeme in progress along the
+        cell automaton's byte edges (those are still laid out: a witness spells its lexemes along them)."""
+        if self._cells_table is None:
+            lone = np.array([K.MASK, K.EOS], dtype=np.int32)
+            res = self._nfa(lone, unroll=1, make_template=True)
+            inside = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3]) + _NO_TEMPLATE[8:]
+            self._cells_table = self._entry_table(inside, [])
+        return self._cells_table
 
     def warm(self) -> "Oracle":
         """Build what the first checks would build lazily (the counted-run template and entry table), e.g. at a
         server's start-up."""
+        if self.use_cell_table:
+            self._cell_table()
         if self.count_gaps:
             self._counted_builds = max(self._counted_builds, ENTRY_AFTER)
             self._loop_template()
@@ -222,7 +241,7 @@ class Oracle:
     def _counted(self, cells: np.ndarray, starts: Sequence[int], budget: int) -> int:
         """The canvas with the runs that start at ``starts`` holding at most ``budget`` tokens together (the
         other long runs stay "any text"): 1 feasible, 0 not, 2 work cap."""
-        res = self._nfa(cells, counted=starts)
+        res = self._nfa(cells, counted=starts, by_cell=self.use_cell_table)
         if res[0] != 1:
             return 0
         g = self.grammar
@@ -234,7 +253,7 @@ class Oracle:
 
     def _run(self, cells: np.ndarray, want_bp: bool, focus: tuple[int, int] | None = None, split_at: int = -1,
              unroll: int | None = None):
-        res = self._nfa(cells, focus, split_at, unroll=unroll)
+        res = self._nfa(cells, focus, split_at, unroll=unroll, by_cell=self.use_cell_table)
         if res[0] != 1:
             return 0, res, None
         g = self.grammar
