@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from dllm.grammars import Oracle, TokenTable, load_grammar, numba_available, schema_to_lark, token_bytes
 from dllm.grammars.grammar import Grammar
+from dllm.grammars.oracle import PREFIX_STEP
 
 from conftest import GOLDENS
 
@@ -508,11 +509,12 @@ def test_focused_checks_and_split_witnesses_are_sound(cells, exact_cells):
     """A check that unrolls only the gaps next to one cell (``near``) never says "no" where unrolling every
     short gap says "yes"; a witness cut at a masked cell (``split_at``) gives that cell a token whose commit
     keeps the canvas feasible; numba and pure Python agree on both, with unrolled cells jumped over by the
-    oracle's cell table (the default) or swept byte by byte."""
+    oracle's cell table and the committed prefix taken from a snapshot (the defaults), or everything swept byte by
+    byte."""
     answers = {}
-    for backend, by_cell in [(b, flag) for b in BACKENDS for flag in (True, False)]:
+    for backend, by_cell, prefix in [(b, *flags) for b in BACKENDS for flags in ((True, True), (False, False))]:
         o = pool_oracle(backend, exact_cells=exact_cells)
-        o.use_cell_table = by_cell
+        o.use_cell_table, o.use_prefix = by_cell, prefix
         code = o.encode(cells)
         full = o.status_cells(code)
         got = []
@@ -529,6 +531,8 @@ def test_focused_checks_and_split_witnesses_are_sound(cells, exact_cells):
                 got.append((i, token))
             got.append(near)
         answers[backend, by_cell] = (full, got)
+        assert (not prefix or len(cells) < PREFIX_STEP or o._snaps or cells[:PREFIX_STEP].count(0)
+                or 1 in cells[:PREFIX_STEP]), cells  # a committed prefix was swept once and taken up again
     for by_cell in (True, False):  # the backends agree on everything, the witness's token included
         assert len({repr(a) for (_, flag), a in answers.items() if flag == by_cell}) == 1
     # with and without the table: the same answers (a witness may take another derivation)
@@ -622,6 +626,36 @@ def test_the_cell_table_gives_the_answers_of_the_byte_sweep():
                 assert table.grammar.parses(table.witness_cells(code).decode("latin-1")), cells  # characters)
             outcomes.add(got)
     assert outcomes == {0, 1}
+
+
+def test_prefix_snapshots_give_the_answers_of_a_whole_sweep():
+    """A check goes on from the kept sweep of its committed prefix (``Oracle._prefix``): over a decode-like sequence of
+    canvases (the committed prefix grows, holes and a wrong token after it, JSON and a schema) whole-canvas checks,
+    focused checks and witnesses agree with an oracle that sweeps every canvas from its start."""
+    import dllm
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    rng = random.Random(5)
+    kw = dict(mask_id=model.mask_id, eos_ids=model.eos_ids, count_gaps=True)
+    resumed = 0
+    for n, example in enumerate(load_test_set("cot_json")[:4]):
+        grammar = "json" if n % 2 else {"type": "object", "required": list(json.loads(example.target)),
+                                        "properties": {k: {} for k in json.loads(example.target)}}
+        snaps, whole = Oracle(grammar, model.tokenizer, **kw), Oracle(grammar, model.tokenizer, **kw)
+        whole.use_prefix = False
+        ids = model.tokenizer.encode(example.target, add_special_tokens=False) + [model.eos_ids[0]] * 2
+        for cut in range(0, len(ids), 2):
+            cells = [t if j < cut or (j < cut + 6 and rng.random() < 0.5) else model.mask_id for j, t in enumerate(ids)]
+            if rng.random() < 0.3:
+                cells[rng.randrange(len(cells))] = rng.randrange(model.vocab_size)
+            code = snaps.encode(cells)
+            near = min(cut, len(cells) - 1)
+            assert snaps.status_cells(code) == whole.status_cells(code), cells
+            assert snaps.status_cells(code, near=near) == whole.status_cells(code, near=near), cells
+            assert (snaps.witness_cells(code) is None) == (whole.witness_cells(code) is None), cells
+        resumed += len(snaps._snaps)
+    assert resumed > 10
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -150,6 +150,8 @@ class GrammarFilter(Filter):
         if len(grammars) not in (1, x.shape[0]):
             raise ValueError(f"{len(grammars)} grammars for {x.shape[0]} prompts: give one grammar, or one per prompt")
         oracles = [self._oracle(g, model, tuple(eos_ids)) for g in grammars]
+        for oracle in oracles:  # each generation sweeps its own committed prefixes (``Oracle._prefix``)
+            oracle.forget_prefixes()
         self.oracle = oracles[0]  # the tokenizer-level tables (token codes, excluded tokens) are the same in every one
         excluded = torch.from_numpy(self.oracle.excluded.copy())
         if excluded.shape[0] < model.vocab_size:

@@ -150,13 +150,39 @@ def _template(n_cs, N, n_gs, head, p_next, p_o, p_s, p_c, started, es, et, ed, e
             xs, xc, empty_b, empty_b, np.zeros(0, dtype=np.int32), ec[:ne].copy())
 
 
+@_helper
+def _snapshot(u, head, p_next, p_o, p_s, p_c, reach, started, es, et, ed, ec, ne):
+    """``build_nfa``'s result with ``snap_at``: the sweep's state where the committed prefix ends (node ``u``), in the
+    slots of the usual tuple: (4, u, pending origins, reach flags, edge sources, terminals, ends, started flags,
+    pending states, pending costs, -, -, -, edge costs); ``resume`` takes it back (see ``Oracle._prefix``)."""
+    n = 0
+    k = head[u]
+    while k >= 0:
+        n += 1
+        k = p_next[k]
+    po = np.empty(n, dtype=np.int32)
+    ps = np.empty(n, dtype=np.int32)
+    pc = np.empty(n, dtype=np.int32)
+    i = 0
+    k = head[u]
+    while k >= 0:
+        po[i] = p_o[k]
+        ps[i] = p_s[k]
+        pc[i] = p_c[k]
+        i += 1
+        k = p_next[k]
+    empty_b = np.zeros(0, dtype=np.uint8)
+    return (4, u, po, reach[:u].copy(), es[:ne].copy(), et[:ne].copy(), ed[:ne].copy(), started[:u].copy(), ps, pc,
+            empty_b, empty_b, np.zeros(0, dtype=np.int32), ec[:ne].copy())
+
+
 MASK = -1
 EOS = -2
 
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
               c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted,
-              template, make_template, seed, cell_tm):
+              template, make_template, seed, cell_tm, snap_at, resume):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -218,7 +244,10 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     u = 0
     m = 0
     j = 0
+    snap_u = -1  # the node where cell ``snap_at`` starts
     while j < e:
+        if j == snap_at:
+            snap_u = u
         c = cells[j]
         if c >= 0:
             for k in range(tok_off[c], tok_off[c + 1]):
@@ -272,6 +301,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         else:
             d_gap[u] = 1  # any byte string, possibly empty
         j = k
+    if j == snap_at:
+        snap_u = u
     if e == L and open_end:
         d_gap[u] = 1
     is_end[u] = 1
@@ -309,6 +340,31 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     ec = np.empty(256, dtype=np.int32)
     ne = 0
     tick = 0
+    # a committed prefix swept before (``resume``, a snapshot taken with ``snap_at``): its lexeme edges, which nodes it
+    # reached and started lexemes at, and the lexemes in progress at its end node; the sweep goes on from there
+    u0 = resume[7].shape[0]
+    if u0 > 0:
+        for v in range(u0):
+            reach[v] = resume[7][v]
+            started[v] = resume[8][v]
+        for k in range(resume[3].shape[0]):
+            if ne == es.shape[0]:
+                es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
+            es[ne] = resume[3][k]
+            et[ne] = resume[4][k]
+            ed[ne] = resume[5][k]
+            ec[ne] = resume[6][k]
+            ne += 1
+        for k in range(resume[0].shape[0]):
+            if npend == p_o.shape[0]:
+                p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
+                p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
+            p_o[npend] = resume[0][k]
+            p_s[npend] = resume[1][k]
+            p_c[npend] = resume[2][k]
+            p_next[npend] = head[u0]
+            head[u0] = npend
+            npend += 1
     # every counted run: what lexemes starting inside it do there (the same in every counted run, swept once per
     # oracle with ``make_template``), laid in at its offset; the sweep then follows only the lexemes that enter it
     tm = template
@@ -349,10 +405,12 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     weighted = counted.shape[0] > 0  # else every cost is 0: no cheapest copy to keep
     again = False
     cur = -1  # root of the counted run being swept
-    u = 0
+    u = u0
     while u < N:
         if make_template and u == n_cs:
             break
+        if u == snap_u:  # the snapshot of the committed prefix (taken by a build without counted runs)
+            return _snapshot(u, head, p_next, p_o, p_s, p_c, reach, started, es, et, ed, ec, ne)
         if is_root[u]:
             cur = u
         tick += 1
@@ -534,7 +592,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         for k in range(ne - 1, -1, -1):
             if co[ed[k]] and not co[es[k]]:
                 co[es[k]] = 1
-                grew = counted.shape[0] > 0
+                grew = counted.shape[0] > 0 or by_cell  # the tables' edges are not listed by end node
     if not co[0]:
         return (0, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
                 d_ptr, d_dst, d_byte, d_gap, d_cell, empty_i)

@@ -28,6 +28,7 @@ See the package docstring (``dllm/grammars/__init__.py``) for the API contract. 
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -43,6 +44,9 @@ _TABLES: dict[int, tuple[object, TokenTable]] = {}
 ENTRY_AFTER = 32  # counted builds before an oracle builds its entry table (one-off requests rarely repay it)
 _NO_TEMPLATE = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),) + (np.zeros(0, dtype=np.int32),) * 9
 EXACT_CELLS = 4  # gaps of at most this many cells are unrolled token by token (see cells.py)
+_NO_RESUME = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),) * 2
+PREFIX_SNAPSHOTS = 256  # committed-prefix sweeps an oracle keeps (``Oracle._prefix``)
+PREFIX_STEP = 4  # a check whose committed prefix runs this many cells past the longest snapshot takes a new one
 
 
 def _token_table(tokenizer) -> TokenTable:
@@ -121,6 +125,9 @@ class Oracle:
         self._counted_builds = 0  # the entry table is built after ENTRY_AFTER of them (``_loop_template``)
         self.use_entry_table = True  # benchmarks compare with False (the template alone, the run swept for entries)
         self.use_cell_table = True  # tests and benchmarks compare with False (unrolled cells swept byte by byte)
+        self.use_prefix = True  # tests and benchmarks compare with False (every check sweeps the committed text)
+        self._snaps: "OrderedDict[bytes, tuple]" = OrderedDict()  # committed prefix -> its sweep (``_prefix``)
+        self._snap_lengths: dict[int, int] = {}  # prefix length -> snapshots of that length
         self._cells_table = None
         allowed = ~self.excluded
         for e in self.eos_ids:
@@ -148,16 +155,50 @@ class Oracle:
     # ------------------------------------------------------------------ checks on raw cell arrays
     def _nfa(self, cells: np.ndarray, focus: tuple[int, int] | None = None, split_at: int = -1,
              counted: Sequence[int] = (), unroll: int | None = None, make_template: bool = False, seed: int = -1,
-             template: tuple | None = None, by_cell: bool = False):
+             template: tuple | None = None, by_cell: bool = False, snap_at: int = -1, resume: tuple | None = None):
         ar = self.grammar.arrays
         c = self.cell
+        if resume is None:
+            resume = self._prefix(cells) if self.use_prefix and not make_template and snap_at < 0 else _NO_RESUME
         return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
                            ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
                            c.class_byte, self.exact_cells if unroll is None else unroll,
                            *(focus or (0, int(cells.shape[0]))), split_at, np.asarray(counted, dtype=np.int32),
                            template if template is not None else
                            _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template, seed,
-                           self._cell_table() if by_cell and not make_template else _NO_TEMPLATE)
+                           self._cell_table() if by_cell and not make_template else _NO_TEMPLATE, snap_at, resume)
+
+    def _prefix(self, cells: np.ndarray) -> tuple:
+        """The sweep of the canvas's committed prefix (the cells before its first mask or EOS), for ``build_nfa`` to go
+        on from: the longest snapshot kept for a prefix of it, or a new one when the prefix runs ``PREFIX_STEP`` or
+        more cells past that (taken from the old one). Why: every check re-swept the whole committed text, about 5
+        us per token, while a step's checks of a row differ only after its first mask; the prefix never changes
+        once committed (nothing is overwritten), so its sweep is kept per oracle, keyed by the prefix's cells."""
+        masked = np.flatnonzero(cells < 0)
+        end = int(masked[0]) if masked.size else int(cells.shape[0])
+        if end < PREFIX_STEP:
+            return _NO_RESUME
+        best, best_len = _NO_RESUME, 0
+        for length in sorted((n for n in self._snap_lengths if n <= end), reverse=True)[:8]:
+            hit = self._snaps.get(cells[:length].tobytes())
+            if hit is not None:
+                self._snaps.move_to_end(cells[:length].tobytes())
+                best, best_len = hit, length
+                break
+        if end - best_len < PREFIX_STEP:
+            return best
+        head = np.append(cells[:end], np.int32(K.EOS)).astype(np.int32)
+        r = self._nfa(head, snap_at=end, resume=best)
+        snap = (r[2], r[8], r[9], r[4], r[5], r[6], r[13], r[3], r[7])
+        self._snaps[cells[:end].tobytes()] = snap
+        self._snap_lengths[end] = self._snap_lengths.get(end, 0) + 1
+        while len(self._snaps) > PREFIX_SNAPSHOTS:
+            key, _ = self._snaps.popitem(last=False)
+            n = len(key) // 4
+            self._snap_lengths[n] -= 1
+            if not self._snap_lengths[n]:
+                del self._snap_lengths[n]
+        return snap
 
     def long_runs(self, cells: np.ndarray) -> list[tuple[int, int]]:
         """(start, length) of every run of masks before the end of output that is not unrolled (longer than
@@ -227,6 +268,12 @@ class Oracle:
             inside = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3]) + _NO_TEMPLATE[8:]
             self._cells_table = self._entry_table(inside, [])
         return self._cells_table
+
+    def forget_prefixes(self) -> None:
+        """Drop the committed-prefix snapshots (``_prefix``). A generation starts with none, so a decode repeated
+        on the same prompts (a benchmark) does not find its prefixes swept already."""
+        self._snaps.clear()
+        self._snap_lengths.clear()
 
     def warm(self) -> "Oracle":
         """Build what the first checks would build lazily (the counted-run template and entry table), e.g. at a
