@@ -7,7 +7,8 @@ for random masked positions — half with the document's own token (an accepted 
 with a random vocabulary token (usually a rejection, the expensive exhaustive case). Median and worst
 per check, for the numba kernels and the pure-Python fallback (fewer checks: it is slow). ``median``/
 ``worst``: the engine's per-commit check (``allows``: only the gaps next to the cell unrolled); ``full``:
-the same candidate with every short gap unrolled (the grammar filter runs one per row and step). A second table
+the same candidate with every short gap unrolled (the grammar filter runs one per row and step); ``bytewise``: that
+full check with the oracle's cell table and committed-prefix snapshots off (every byte swept). A second table
 times whole-canvas checks on canvases as the filter's frontier keeps them (decoded text with short holes, then one
 long masked run): plain, counted (``count_gaps``: the long run's tokens bounded, as the filter checks by default;
 with the oracle's template and entry table), counted with the template alone, and counted with the run swept in
@@ -57,7 +58,8 @@ def bench(oracle: Oracle, tok, length: int, fill: float, checks: int, seed: int)
     rng = random.Random(seed)
     mask, eos = oracle.mask_id, sorted(oracle.eos_ids)[0]
     vocab = [i for i in range(len(oracle.tokens)) if not oracle.excluded[i]]
-    times, full, nodes = [], [], []
+    times, full, nodes, bytewise = [], [], [], []
+    oracle.use_cell_table = oracle.use_prefix = True
     while len(times) < checks:
         doc = document(rng, tok, length - 1)
         target = doc + [eos] * (length - len(doc))
@@ -80,9 +82,15 @@ def bench(oracle: Oracle, tok, length: int, fill: float, checks: int, seed: int)
             t0 = time.perf_counter()
             oracle.status_cells(cand)
             full.append(time.perf_counter() - t0)
+            # the same check sweeping every byte: no cell table, no committed-prefix snapshot (session 9's oracle)
+            oracle.use_cell_table = oracle.use_prefix = False
+            t0 = time.perf_counter()
+            oracle.status_cells(cand)
+            bytewise.append(time.perf_counter() - t0)
+            oracle.use_cell_table = oracle.use_prefix = True
         nodes.append(oracle.nfa_size(cells))
     return (statistics.median(times) * 1e3, max(times) * 1e3, statistics.median(full) * 1e3, max(full) * 1e3,
-            statistics.median(nodes))
+            statistics.median(nodes), statistics.median(bytewise) * 1e3)
 
 
 def frontier_canvas(rng: random.Random, tok, oracle: Oracle, length: int, fill: float) -> list[int]:
@@ -140,7 +148,7 @@ def main() -> None:
     tok = Tokenizer.from_file(str(TOKENIZER))
     mask, eos = tok.token_to_id("<|mdm_mask|>"), tok.token_to_id("<|endoftext|>")
     print(f"{'backend':8} {'exact':>5} {'tokens':>6} {'fill':>5} {'nodes':>6} {'median ms':>10} {'worst ms':>9} "
-          f"{'full med':>9} {'full worst':>10}")
+          f"{'full med':>9} {'full worst':>10} {'bytewise med':>12}")
     for backend, exact in [(b, e) for b in args.backends for e in args.exact_cells]:
         oracle = Oracle("json", tok, mask_id=mask, eos_ids=[eos], backend=backend, exact_cells=exact)
         warm = oracle.start(length=8)
@@ -148,9 +156,10 @@ def main() -> None:
         n = args.checks if backend == "numba" else args.py_checks
         for length in args.lengths:
             for fill in args.fills:
-                med, worst, fmed, fworst, nodes = bench(oracle, tok, length, fill, n, seed=length * 100 + int(fill * 100))
+                med, worst, fmed, fworst, nodes, old = bench(oracle, tok, length, fill, n,
+                                                             seed=length * 100 + int(fill * 100))
                 print(f"{backend:8} {exact:5d} {length:6d} {fill:5.0%} {nodes:6.0f} {med:10.2f} {worst:9.2f} "
-                      f"{fmed:9.2f} {fworst:10.2f}", flush=True)
+                      f"{fmed:9.2f} {fworst:10.2f} {old:12.2f}", flush=True)
     print("\nwhole-canvas checks on frontier canvases (ms, median / worst): plain, counted, counted with the template "
           "alone, counted swept in full")
     print(f"{'backend':8} {'tokens':>6} {'fill':>5} {'plain':>13} {'counted':>13} {'template':>13} {'swept':>13}")

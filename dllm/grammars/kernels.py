@@ -32,6 +32,12 @@ Canvas encoding (``cells``, int32): a token id >= 0 is committed text, ``MASK = 
   its ends reach do): ``seed=s`` sweeps that once per state (given the template, whose lexemes it leaves out),
   and ``template[8:]`` (the entry table) applies it to each lexeme at the run's root, so the sweep jumps from a
   counted run's root to its exit;
+* with a cell table (``cell_tm``, the template and entry table of one unrolled cell, swept once per oracle) the
+  sweep jumps from each unrolled cell's junction to the next the same way (its byte edges are still laid out, for a
+  witness to spell lexemes along);
+* ``snap_at`` (a cell index) returns the sweep's state where that cell starts (``_snapshot``: lexeme edges so far,
+  reached and started nodes, lexemes in progress), taken on a canvas whose cells before it are committed text, and
+  ``resume`` takes such a snapshot back: the sweep goes on from there (the layout is the same up to that node);
 * the end of the output is anchored (the last lexeme must be complete) when an EOS follows a committed
   cell, or — with ``open_end=False``, the oracle's default — when the canvas simply ends after a committed
   cell; with ``open_end=True`` (the reference's behaviour) a canvas without EOS has an open trailing gap.

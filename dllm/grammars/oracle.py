@@ -11,9 +11,13 @@ See the package docstring (``dllm/grammars/__init__.py``) for the API contract. 
   remembered and answered without running the kernels again. ``banned(position)`` lists them so an
   engine can apply them as -inf before its next selection.
 * **Incrementality.** The whole check (lexing sweep + search) runs in one compiled pass that is linear in
-  the known text plus the grammar search, so it is recomputed per query rather than patched; what is
-  incremental is the bookkeeping: the ban list, a per-canvas memo of positive answers (cleared on
-  commit), and the fast paths (committed cell, excluded token, already-infeasible canvas).
+  the known text plus the grammar search, and is recomputed per query, with two exceptions kept per oracle:
+  the sweep of a canvas's committed prefix (``_prefix``: a snapshot of the sweep where the first mask starts,
+  keyed by the prefix's cells, taken up again by every later check with that prefix) and what lexemes do inside
+  one unrolled cell (``_cell_table``). Measured on the 4,000-odd checks of a tiny-cot schema decode at threshold
+  0 (60 rows): ``build_nfa`` 1.70 s -> 0.69 s with the cell table, and another 28 % less with the snapshots.
+  The rest of the bookkeeping: the ban list, a per-canvas memo of positive answers (cleared on commit), and the
+  fast paths (committed cell, excluded token, already-infeasible canvas).
 * **Work cap.** A search that exceeds ``max_pops`` worklist pops answers "not allowed" (safe for syntax,
   may over-reject) and is counted in ``state.cap_hits``.
 * **Counted long gaps** (``count_gaps``; off by default here, on in the grammar filter, whose frontier leaves one
