@@ -371,33 +371,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             p_next[npend] = head[u0]
             head[u0] = npend
             npend += 1
-    # every counted run: what lexemes starting inside it do there (the same in every counted run, swept once per
-    # oracle with ``make_template``), laid in at its offset; the sweep then follows only the lexemes that enter it
     tm = template
-    for r in range(N):
-        if not is_root[r] or tm[7].shape[0] == 0 or seed >= 0:
-            continue
-        for a in range(n_cs):
-            started[r + a] = tm[7][a]
-        for k in range(tm[0].shape[0]):
-            if ne == es.shape[0]:
-                es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-            es[ne] = r + tm[0][k]
-            et[ne] = tm[1][k]
-            ed[ne] = r + tm[2][k]
-            ec[ne] = tm[3][k]
-            reach[r + tm[2][k]] = 1
-            ne += 1
-        for k in range(tm[4].shape[0]):
-            if npend == p_o.shape[0]:
-                p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
-                p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-            p_o[npend] = r + tm[4][k]
-            p_s[npend] = tm[5][k]
-            p_c[npend] = tm[6][k]
-            p_next[npend] = head[r + n_cs]
-            head[r + n_cs] = npend
-            npend += 1
     if seed >= 0:  # the entry table's sweep (``make_template``): one lexeme in state ``seed`` enters at the root
         p_o[0] = 0
         p_s[0] = seed
@@ -417,6 +391,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             break
         if u == snap_u:  # the snapshot of the committed prefix (taken by a build without counted runs)
             return _snapshot(u, head, p_next, p_o, p_s, p_c, reach, started, es, et, ed, ec, ne)
+        first = is_root[u] == 1 and cur != u  # a counted run's root, not a later round of its sweep
         if is_root[u]:
             cur = u
         tick += 1
@@ -491,25 +466,29 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     reach[u] = 1
                 elif weighted and act_c[k] < ec[eslot[key]]:
                     ec[eslot[key]] = act_c[k]
-        if is_cell[u]:  # what lexemes starting inside the cell do there (``cell_tm[:8]``), laid in at its offset
+        # an unrolled cell (``cell_tm``) or a counted run met for the first time (``template``): what lexemes starting
+        # inside it do there (the same in every one, swept once per oracle with ``make_template``), laid in at its
+        # offset; the sweep then follows only the lexemes that enter it
+        if is_cell[u] or (first and tm[7].shape[0] > 0 and seed < 0):
+            xt = cell_tm if is_cell[u] else tm
             for a in range(n_cs):
-                started[u + a] = cell_tm[7][a]
-            for k in range(cell_tm[0].shape[0]):
+                started[u + a] = xt[7][a]
+            for k in range(xt[0].shape[0]):
                 if ne == es.shape[0]:
                     es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                es[ne] = u + cell_tm[0][k]
-                et[ne] = cell_tm[1][k]
-                ed[ne] = u + cell_tm[2][k]
-                ec[ne] = cell_tm[3][k]
-                reach[u + cell_tm[2][k]] = 1
+                es[ne] = u + xt[0][k]
+                et[ne] = xt[1][k]
+                ed[ne] = u + xt[2][k]
+                ec[ne] = xt[3][k]
+                reach[u + xt[2][k]] = 1
                 ne += 1
-            for k in range(cell_tm[4].shape[0]):
+            for k in range(xt[4].shape[0]):
                 if npend == p_o.shape[0]:
                     p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
                     p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-                p_o[npend] = u + cell_tm[4][k]
-                p_s[npend] = cell_tm[5][k]
-                p_c[npend] = cell_tm[6][k]
+                p_o[npend] = u + xt[4][k]
+                p_s[npend] = xt[5][k]
+                p_c[npend] = xt[6][k]
                 p_next[npend] = head[u + n_cs]
                 head[u + n_cs] = npend
                 npend += 1
