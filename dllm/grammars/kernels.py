@@ -188,7 +188,7 @@ EOS = -2
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
               c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted,
-              template, make_template, seed, cell_tm, snap_at, resume):
+              template, make_template, seed, cell_tm, cell_alone, snap_at, resume):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -469,7 +469,10 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         # an unrolled cell (``cell_tm``) or a counted run met for the first time (``template``): what lexemes starting
         # inside it do there (the same in every one, swept once per oracle with ``make_template``), laid in at its
         # offset; the sweep then follows only the lexemes that enter it
-        if is_cell[u] or (first and tm[7].shape[0] > 0 and seed < 0):
+        # (a cell whose junction no lexeme reached gets none: nothing starts there; ``cell_alone``'s entry table then
+        # does the lexemes entering it, with the lexemes starting where only they reach)
+        lay_cell = is_cell[u] == 1 and (reach[u] == 1 or cell_alone[8].shape[0] == 0)
+        if lay_cell or (first and tm[7].shape[0] > 0 and seed < 0):
             xt = cell_tm if is_cell[u] else tm
             for a in range(n_cs):
                 started[u + a] = xt[7][a]
@@ -510,7 +513,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     if u == cur:
                         at_root[s2 * N + u] = u + 1
         if is_cell[u] or (entry and u == cur):  # the entry table does the run (or cell) for the lexemes entering
-            xt = cell_tm if is_cell[u] else tm  # it: on to its exit
+            xt = (cell_tm if lay_cell else cell_alone) if is_cell[u] else tm  # it: on to its exit
             for k in range(na):
                 o = act_o[k]
                 s = act_s[k]
