@@ -188,7 +188,7 @@ EOS = -2
 
 def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start, clo_ptr, clo_idx,
               c_step, c_final, c_live, c_byte, max_cells, focus_lo, focus_hi, split_at, counted,
-              template, make_template, seed, cell_tm, cell_alone, snap_at, resume):
+              template, make_template, seed, cell_tm, cell_alone, snap_at, resume, work, marks, base):
     n_terms = g_start.shape[0]
     n_gs = g_acc.shape[0]
     n_cs = c_final.shape[0]
@@ -322,32 +322,41 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
     # ---- sweep in node order, keeping every lexeme in progress as (origin node, global DFA state, tokens
     # counted so far); the counted run's nodes are swept again (a "round") while its back edges bring new
     # lexemes to its root, so each round costs one more token and a lexeme first seen at the root is cheapest
-    stamp = np.zeros(n_gs * N, dtype=np.int32)
-    slot = np.empty(n_gs * N, dtype=np.int32)
-    estamp = np.zeros(n_terms * N, dtype=np.int32)
-    eslot = np.empty(n_terms * N, dtype=np.int32)
-    at_root = np.zeros(n_gs * N if counted.shape[0] else 1, dtype=np.int32)  # 1 + the root a lexeme was at
+    # "seen at this node" marks (lexeme keys state * N + origin; edge keys terminal * N + origin) and the root a
+    # lexeme was at: the caller's arrays (``marks``, kept between builds), never cleared: this build writes values in
+    # [b0, b0 + 2^32) and every earlier one wrote smaller ones; when they are too short for this canvas, fresh ones,
+    # and the sizes it needs go back in ``base[1:]``
+    need_g = n_gs * N
+    need_t = n_terms * N
+    if marks[0].shape[0] >= need_g and marks[1].shape[0] >= need_t:
+        stamp, estamp, at_root, slot, eslot = marks[0], marks[1], marks[2], marks[3], marks[4]
+        b0 = base[0]
+        base[0] = b0 + 4294967296
+    else:
+        stamp = np.zeros(need_g, dtype=np.int64)
+        estamp = np.zeros(need_t, dtype=np.int64)
+        at_root = np.zeros(need_g, dtype=np.int64)  # b0 + 1 + the root a lexeme was at
+        slot = np.empty(need_g, dtype=np.int64)
+        eslot = np.empty(need_t, dtype=np.int64)
+        b0 = np.int64(0)
+        base[1] = max(base[1], need_g)
+        base[2] = max(base[2], need_t)
     started = np.zeros(N, dtype=np.uint8)
     reach = np.zeros(N, dtype=np.uint8)
     reach[0] = 1
     head = np.full(N, -1, dtype=np.int32)
-    p_next = np.empty(256, dtype=np.int32)
-    p_o = np.empty(256, dtype=np.int32)
-    p_s = np.empty(256, dtype=np.int32)
-    p_c = np.empty(256, dtype=np.int32)
+    # the caller's room (``work``: 14 arrays of ``cap`` entries, kept between builds), never grown here: an array
+    # reassigned inside these loops (grown on demand) made numba count references at every iteration (atomic
+    # increments, about a third of a build's time, measured with perf); pending lexemes, lexemes in progress at a node
+    # and lexeme edges get ``cap`` each, and a build that runs out says so (status 5: the caller retries with more)
+    cap = work[0].shape[0]
+    p_next, p_o, p_s, p_c = work[0], work[1], work[2], work[3]
+    act_o, act_s, act_c, nxt_o, nxt_s, nxt_c = work[4], work[5], work[6], work[7], work[8], work[9]
+    es, et, ed, ec = work[10], work[11], work[12], work[13]
     npend = 0
-    act_o = np.empty(64, dtype=np.int32)
-    act_s = np.empty(64, dtype=np.int32)
-    act_c = np.empty(64, dtype=np.int32)
-    nxt_o = np.empty(64, dtype=np.int32)
-    nxt_s = np.empty(64, dtype=np.int32)
-    nxt_c = np.empty(64, dtype=np.int32)
-    es = np.empty(256, dtype=np.int32)
-    et = np.empty(256, dtype=np.int32)
-    ed = np.empty(256, dtype=np.int32)
-    ec = np.empty(256, dtype=np.int32)
+    over = False
     ne = 0
-    tick = 0
+    tick = b0
     # a committed prefix swept before (``resume``, a snapshot taken with ``snap_at``): its lexeme edges, which nodes it
     # reached and started lexemes at, and the lexemes in progress at its end node; the sweep goes on from there
     u0 = resume[7].shape[0]
@@ -356,23 +365,24 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             reach[v] = resume[7][v]
             started[v] = resume[8][v]
         for k in range(resume[3].shape[0]):
-            if ne == es.shape[0]:
-                es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-            es[ne] = resume[3][k]
-            et[ne] = resume[4][k]
-            ed[ne] = resume[5][k]
-            ec[ne] = resume[6][k]
-            ne += 1
+            if ne == cap:
+                over = True
+            else:
+                es[ne] = resume[3][k]
+                et[ne] = resume[4][k]
+                ed[ne] = resume[5][k]
+                ec[ne] = resume[6][k]
+                ne += 1
         for k in range(resume[0].shape[0]):
-            if npend == p_o.shape[0]:
-                p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
-                p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-            p_o[npend] = resume[0][k]
-            p_s[npend] = resume[1][k]
-            p_c[npend] = resume[2][k]
-            p_next[npend] = head[u0]
-            head[u0] = npend
-            npend += 1
+            if npend == cap:
+                over = True
+            else:
+                p_o[npend] = resume[0][k]
+                p_s[npend] = resume[1][k]
+                p_c[npend] = resume[2][k]
+                p_next[npend] = head[u0]
+                head[u0] = npend
+                npend += 1
     tm = template
     if seed >= 0:  # the entry table's sweep (``make_template``): one lexeme in state ``seed`` enters at the root
         p_o[0] = 0
@@ -392,6 +402,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         if make_template and u == n_cs:
             break
         if u == snap_u:  # the snapshot of the committed prefix (taken by a build without counted runs)
+            if over:
+                break
             return _snapshot(u, head, p_next, p_o, p_s, p_c, reach, started, es, et, ed, ec, ne)
         first = is_root[u] == 1 and cur != u  # a counted run's root, not a later round of its sweep
         if is_root[u]:
@@ -403,25 +415,26 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         while k >= 0:
             key = p_s[k] * N + p_o[k]
             if u == cur:
-                if at_root[key] == u + 1:
+                if at_root[key] == b0 + u + 1:
                     k = p_next[k]
                     continue
             if stamp[key] != tick:
                 stamp[key] = tick
-                if na == act_o.shape[0]:
-                    act_o, act_s, act_c = _grown(act_o, na), _grown(act_s, na), _grown(act_c, na)
-                if weighted:
-                    slot[key] = na
-                act_o[na] = p_o[k]
-                act_s[na] = p_s[k]
-                act_c[na] = p_c[k]
-                na += 1
+                if na == cap:
+                    over = True
+                else:
+                    if weighted:
+                        slot[key] = na
+                    act_o[na] = p_o[k]
+                    act_s[na] = p_s[k]
+                    act_c[na] = p_c[k]
+                    na += 1
             elif weighted and p_c[k] < act_c[slot[key]]:
                 act_c[slot[key]] = p_c[k]
             k = p_next[k]
         if u == cur:
             for k in range(na):
-                at_root[act_s[k] * N + act_o[k]] = u + 1
+                at_root[act_s[k] * N + act_o[k]] = b0 + u + 1
         if d_gap[u]:  # the same keep-the-cheapest-copy step as the gather above, written out: as a compiled
             tick += 1  # helper returning the grown lists it made the whole build 1.5x slower (measured)
             nb = 0
@@ -433,19 +446,21 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                     key = s2 * N + o
                     if stamp[key] != tick:
                         stamp[key] = tick
-                        if nb == nxt_o.shape[0]:
-                            nxt_o, nxt_s, nxt_c = _grown(nxt_o, nb), _grown(nxt_s, nb), _grown(nxt_c, nb)
-                        if weighted:
-                            slot[key] = nb
-                        nxt_o[nb] = o
-                        nxt_s[nb] = s2
-                        nxt_c[nb] = act_c[k]
-                        nb += 1
+                        if nb == cap:
+                            over = True
+                        else:
+                            if weighted:
+                                slot[key] = nb
+                            nxt_o[nb] = o
+                            nxt_s[nb] = s2
+                            nxt_c[nb] = act_c[k]
+                            nb += 1
                     elif weighted and act_c[k] < nxt_c[slot[key]]:
                         nxt_c[slot[key]] = act_c[k]
-            act_o, nxt_o = nxt_o, act_o
-            act_s, nxt_s = nxt_s, act_s
-            act_c, nxt_c = nxt_c, act_c
+            for k in range(nb):  # copied back, not swapped (see ``cap``)
+                act_o[k] = nxt_o[k]
+                act_s[k] = nxt_s[k]
+                act_c[k] = nxt_c[k]
             na = nb
         # lexemes completing at node u
         for k in range(na):
@@ -454,17 +469,18 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             if g_acc[s] and (o != u or act_c[k] > 0):  # non-empty: it left u, or went round the counted run
                 t = g_term[s]
                 key = t * N + o
-                if estamp[key] != u + 1:
-                    estamp[key] = u + 1
-                    if ne == es.shape[0]:
-                        es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                    if weighted:
-                        eslot[key] = ne
-                    es[ne] = o
-                    et[ne] = t
-                    ed[ne] = u
-                    ec[ne] = act_c[k]
-                    ne += 1
+                if estamp[key] != b0 + u + 1:
+                    estamp[key] = b0 + u + 1
+                    if ne == cap:
+                        over = True
+                    else:
+                        if weighted:
+                            eslot[key] = ne
+                        es[ne] = o
+                        et[ne] = t
+                        ed[ne] = u
+                        ec[ne] = act_c[k]
+                        ne += 1
                     reach[u] = 1
                 elif weighted and act_c[k] < ec[eslot[key]]:
                     ec[eslot[key]] = act_c[k]
@@ -479,24 +495,25 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             for a in range(n_cs):
                 started[u + a] = xt[7][a]
             for k in range(xt[0].shape[0]):
-                if ne == es.shape[0]:
-                    es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                es[ne] = u + xt[0][k]
-                et[ne] = xt[1][k]
-                ed[ne] = u + xt[2][k]
-                ec[ne] = xt[3][k]
-                reach[u + xt[2][k]] = 1
-                ne += 1
+                if ne == cap:
+                    over = True
+                else:
+                    es[ne] = u + xt[0][k]
+                    et[ne] = xt[1][k]
+                    ed[ne] = u + xt[2][k]
+                    ec[ne] = xt[3][k]
+                    reach[u + xt[2][k]] = 1
+                    ne += 1
             for k in range(xt[4].shape[0]):
-                if npend == p_o.shape[0]:
-                    p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
-                    p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-                p_o[npend] = u + xt[4][k]
-                p_s[npend] = xt[5][k]
-                p_c[npend] = xt[6][k]
-                p_next[npend] = head[u + n_cs]
-                head[u + n_cs] = npend
-                npend += 1
+                if npend == cap:
+                    over = True
+                else:
+                    p_o[npend] = u + xt[4][k]
+                    p_s[npend] = xt[5][k]
+                    p_c[npend] = xt[6][k]
+                    p_next[npend] = head[u + n_cs]
+                    head[u + n_cs] = npend
+                    npend += 1
         # lexemes starting at node u (inside the gap when u is a loose gap); once per node
         if reach[u] and not started[u]:
             started[u] = 1
@@ -506,14 +523,15 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 hi = clo_ptr[s0 + 1] if d_gap[u] else 1
                 for ci in range(lo, hi):
                     s2 = clo_idx[ci] if d_gap[u] else s0
-                    if na == act_o.shape[0]:
-                        act_o, act_s, act_c = _grown(act_o, na), _grown(act_s, na), _grown(act_c, na)
+                    if na == cap:
+                        over = True
+                        break
                     act_o[na] = u
                     act_s[na] = s2
                     act_c[na] = 0
                     na += 1
                     if u == cur:
-                        at_root[s2 * N + u] = u + 1
+                        at_root[s2 * N + u] = b0 + u + 1
         if is_cell[u] or (entry and u == cur):  # the entry table does the run (or cell) for the lexemes entering
             xt = (cell_tm if lay_cell else cell_alone) if is_cell[u] else tm  # it: on to its exit
             for k in range(na):
@@ -523,24 +541,25 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 # origin offset 0: the entering lexeme (cost from c); else a lexeme that started at that node of
                 # the run, which only an entering lexeme's end reaches (its cost counts from its own start)
                 for q in range(xt[8][s], xt[8][s + 1]):
-                    if ne == es.shape[0]:
-                        es, et, ed, ec = _grown(es, ne), _grown(et, ne), _grown(ed, ne), _grown(ec, ne)
-                    es[ne] = o if xt[15][q] == 0 else u + xt[15][q]
-                    et[ne] = xt[9][q]
-                    ed[ne] = u + xt[10][q]
-                    ec[ne] = (c if xt[15][q] == 0 else 0) + xt[11][q]
-                    reach[u + xt[10][q]] = 1
-                    ne += 1
+                    if ne == cap:
+                        over = True
+                    else:
+                        es[ne] = o if xt[15][q] == 0 else u + xt[15][q]
+                        et[ne] = xt[9][q]
+                        ed[ne] = u + xt[10][q]
+                        ec[ne] = (c if xt[15][q] == 0 else 0) + xt[11][q]
+                        reach[u + xt[10][q]] = 1
+                        ne += 1
                 for q in range(xt[12][s], xt[12][s + 1]):
-                    if npend == p_o.shape[0]:
-                        p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
-                        p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-                    p_o[npend] = o if xt[16][q] == 0 else u + xt[16][q]
-                    p_s[npend] = xt[13][q]
-                    p_c[npend] = (c if xt[16][q] == 0 else 0) + xt[14][q]
-                    p_next[npend] = head[u + n_cs]
-                    head[u + n_cs] = npend
-                    npend += 1
+                    if npend == cap:
+                        over = True
+                    else:
+                        p_o[npend] = o if xt[16][q] == 0 else u + xt[16][q]
+                        p_s[npend] = xt[13][q]
+                        p_c[npend] = (c if xt[16][q] == 0 else 0) + xt[14][q]
+                        p_next[npend] = head[u + n_cs]
+                        head[u + n_cs] = npend
+                        npend += 1
             u += n_cs
             continue
         # every lexeme in progress follows every byte edge leaving u
@@ -552,15 +571,15 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             for k in range(na):
                 s2 = g_step[act_s[k] * 256 + b]
                 if s2 >= 0:
-                    if npend == p_o.shape[0]:
-                        p_next, p_o = _grown(p_next, npend), _grown(p_o, npend)
-                        p_s, p_c = _grown(p_s, npend), _grown(p_c, npend)
-                    p_o[npend] = act_o[k]
-                    p_s[npend] = s2
-                    p_c[npend] = act_c[k] + dc
-                    p_next[npend] = head[v]
-                    head[v] = npend
-                    npend += 1
+                    if npend == cap:
+                        over = True
+                    else:
+                        p_o[npend] = act_o[k]
+                        p_s[npend] = s2
+                        p_c[npend] = act_c[k] + dc
+                        p_next[npend] = head[v]
+                        head[v] = npend
+                        npend += 1
             if v == cur and npend > first:
                 again = True
         if cur >= 0 and u == cur + n_cs - 1 and again:
@@ -568,6 +587,9 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             u = cur
         else:
             u += 1
+    if over:  # out of room: the caller retries with a larger ``cap``
+        return (5, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
+                empty_i, empty_i, empty_b, empty_b, empty_i, empty_i)
     if make_template:
         return _template(n_cs, N, n_gs, head, p_next, p_o, p_s, p_c, started, es, et, ed, ec, ne)
     # ---- keep the nodes that are reached from node 0 and reach an end of output (edges are listed by end
@@ -631,7 +653,7 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
     size_bp = n_nt * nn if want_bp else 1
     bp_rule = np.full(size_bp, -1, dtype=np.int32)
     bp_aux = np.full(size_bp, -1, dtype=np.int32)
-    stack = np.empty(1024, dtype=np.int64)
+    stack = np.empty(n_nt * nn + 1, dtype=np.int64)  # a triple is pushed once, when its bit is set: never grown
     sp = 0
     one = np.int64(1)
     n_seed = e_src.shape[0] + n + eps_a.shape[0] * n
@@ -679,8 +701,6 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                     bp_aux[idx] = aux
                 if a == start_nt and p == 0 and node_end[q]:
                     return 1, bp_rule, bp_aux, idx
-                if sp == stack.shape[0]:
-                    stack = _grown(stack, sp)
                 stack[sp] = idx
                 sp += 1
     pops = 0
@@ -707,8 +727,6 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                     bp_rule[idx] = u_rule[j]
                 if a == start_nt and p == 0 and node_end[q]:
                     return 1, bp_rule, bp_aux, idx
-                if sp == stack.shape[0]:
-                    stack = _grown(stack, sp)
                 stack[sp] = idx
                 sp += 1
         # A -> B C: partners (q, C, r) give (p, A, r)
@@ -730,8 +748,6 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                         bp_aux[idx] = q
                     if a == start_nt and p == 0 and node_end[r]:
                         return 1, bp_rule, bp_aux, idx
-                    if sp == stack.shape[0]:
-                        stack = _grown(stack, sp)
                     stack[sp] = idx
                     sp += 1
         # A -> C B: partners (r, C, p) give (r, A, q)
@@ -753,8 +769,6 @@ def search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t
                         bp_aux[idx] = p
                     if a == start_nt and r == 0 and node_end[q]:
                         return 1, bp_rule, bp_aux, idx
-                    if sp == stack.shape[0]:
-                        stack = _grown(stack, sp)
                     stack[sp] = idx
                     sp += 1
     return 0, bp_rule, bp_aux, -1
@@ -766,24 +780,14 @@ def _bit_index(low):
     return trailing_zeros(low)
 
 
-@_helper
-def _bucket_push(b_head, b_next, b_item, nb, idx, c):
-    """Queue triple ``idx`` at cost ``c`` (one LIFO list per cost); returns the (possibly grown) arrays."""
-    if nb == b_next.shape[0]:
-        b_next, b_item = _grown(b_next, nb), _grown(b_item, nb)
-    b_item[nb] = idx
-    b_next[nb] = b_head[c]
-    b_head[c] = nb
-    return b_next, b_item, nb + 1
-
-
 def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, start_nt, t_ptr, t_a, u_ptr, u_a,
-                   l_ptr, l_c, l_a, r_ptr, r_c, r_a, eps_a, budget, max_pops):
+                   l_ptr, l_c, l_a, r_ptr, r_c, r_a, eps_a, budget, max_pops, room):
     """Is there a derivation whose lexeme edges cost at most ``budget`` tokens in all? Knuth's lightest
     derivation over the same triples as :func:`search`: triples leave a bucket queue in cost order, so a triple
     is final the first time it is popped, and binary rules combine it with final partners only. The graph may
     have cycles here (the counted run loops), so partner scans cover every word. Costs above the budget are
-    never queued. 1 feasible, 0 not, 2 work cap. The budget is that of the runs listed in ``build_nfa``'s
+    never queued. 1 feasible, 0 not, 2 work cap, 5 out of ``room`` (queue entries: the caller retries with more; a
+    queue grown inside the loop made numba count references at every iteration). The budget is that of the runs listed in ``build_nfa``'s
     ``counted`` (one run, or all long runs together); there is no witness from this search (the plain search
     gives it)."""
     W = (n + 63) >> 6
@@ -792,8 +796,8 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
     left = np.zeros(n_nt * n * W, dtype=np.int64)
     cost = np.full(n_nt * nn, budget + 1, dtype=np.int32)
     b_head = np.full(budget + 1, -1, dtype=np.int64)
-    b_next = np.empty(1024, dtype=np.int64)
-    b_item = np.empty(1024, dtype=np.int64)
+    b_next = np.empty(room, dtype=np.int64)
+    b_item = np.empty(room, dtype=np.int64)
     nb = 0
     one = np.int64(1)
     for k in range(e_src.shape[0]):
@@ -805,18 +809,33 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
             idx = t_a[j] * nn + e_src[k] * n + e_dst[k]
             if c < cost[idx]:
                 cost[idx] = c
-                b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c)
+                if nb == room:
+                    return 5
+                b_item[nb] = idx
+                b_next[nb] = b_head[c]
+                b_head[c] = nb
+                nb += 1
     for g in range(n):
         if node_gap[g]:
             for a in range(n_nt):
                 idx = a * nn + g * n + g
                 cost[idx] = 0
-                b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, 0)
+                if nb == room:
+                    return 5
+                b_item[nb] = idx
+                b_next[nb] = b_head[0]
+                b_head[0] = nb
+                nb += 1
     for kk in range(eps_a.shape[0]):
         for p in range(n):
             idx = eps_a[kk] * nn + p * n + p
             cost[idx] = 0
-            b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, 0)
+            if nb == room:
+                return 5
+            b_item[nb] = idx
+            b_next[nb] = b_head[0]
+            b_head[0] = nb
+            nb += 1
     pops = 0
     for c in range(budget + 1):
         while b_head[c] >= 0:
@@ -844,7 +863,12 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
                 idx = u_a[j] * nn + rem
                 if c < cost[idx]:
                     cost[idx] = c
-                    b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c)
+                    if nb == room:
+                        return 5
+                    b_item[nb] = idx
+                    b_next[nb] = b_head[c]
+                    b_head[c] = nb
+                    nb += 1
             for side in range(2):  # A -> B C: final (q, C, r) give (p, A, r); A -> C B: final (r, C, q) give (r, A, q)
                 lo, hi = (l_ptr[b], l_ptr[b + 1]) if side == 0 else (r_ptr[b], r_ptr[b + 1])
                 for j in range(lo, hi):
@@ -866,7 +890,12 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
                                 if a == start_nt and (p if side == 0 else r) == 0 and node_end[r if side == 0 else q]:
                                     return 1  # a goal within the budget: no need to wait for its turn
                                 cost[idx] = c2
-                                b_next, b_item, nb = _bucket_push(b_head, b_next, b_item, nb, idx, c2)
+                                if nb == room:
+                                    return 5
+                                b_item[nb] = idx
+                                b_next[nb] = b_head[c2]
+                                b_head[c2] = nb
+                                nb += 1
     return 0
 
 

@@ -33,6 +33,7 @@ See the package docstring (``dllm/grammars/__init__.py``) for the API contract. 
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
@@ -79,6 +80,29 @@ def _cell_automaton(grammar: Grammar, tokens: TokenTable, allowed: np.ndarray):
         _CELLS.pop(next(iter(_CELLS)))
     _CELLS[key] = (step, tokens, cell)
     return cell
+
+
+class _Scratch:
+    """``build_nfa``'s working arrays (see the kernel): ``work``, 14 int32 arrays of room for pending lexemes, lexemes
+    in progress and lexeme edges; ``marks``, its "seen" marks (int64, never cleared: ``base[0]`` moves past every
+    value a build wrote); ``base[1:]``, the mark lengths the last canvas needed."""
+
+    def __init__(self, n_states: int, n_terminals: int, room: int = 4096, nodes: int = 1024):
+        self.n_states, self.n_terminals = n_states, n_terminals
+        self.work = tuple(np.empty(room, dtype=np.int32) for _ in range(14))
+        self.base = np.array([1, 0, 0], dtype=np.int64)
+        self._marks(n_states * nodes, n_terminals * nodes)
+
+    def _marks(self, g: int, t: int) -> None:
+        self.marks = (np.zeros(g, np.int64), np.zeros(t, np.int64), np.zeros(g, np.int64), np.zeros(g, np.int64),
+                      np.zeros(t, np.int64))
+        self.base[0] = 1  # fresh zeros: any positive mark is new
+
+    def grow_marks(self) -> None:
+        self._marks(2 * int(self.base[1]), 2 * int(self.base[2]))
+
+    def grow_work(self) -> None:
+        self.work = tuple(np.empty(4 * a.shape[0], dtype=np.int32) for a in self.work)
 
 
 class Oracle:
@@ -134,6 +158,8 @@ class Oracle:
         self._snaps: "OrderedDict[bytes, tuple]" = OrderedDict()  # committed prefix -> its sweep (``_prefix``)
         self._snap_lengths: dict[int, int] = {}  # prefix length -> snapshots of that length
         self._cells_table = None
+        self._queue_room = 1 << 14  # queue entries of the counted search (grows when a search runs out)
+        self._scratches = threading.local()  # ``build_nfa``'s working arrays, one set per thread (``_scratch``)
         allowed = ~self.excluded
         for e in self.eos_ids:
             if 0 <= e < len(allowed):
@@ -165,14 +191,31 @@ class Oracle:
         c = self.cell
         if resume is None:
             resume = self._prefix(cells) if self.use_prefix and not make_template and snap_at < 0 else _NO_RESUME
-        return self._build(cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"],
-                           ar["g_term"], ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live,
-                           c.class_byte, self.exact_cells if unroll is None else unroll,
-                           *(focus or (0, int(cells.shape[0]))), split_at, np.asarray(counted, dtype=np.int32),
-                           template if template is not None else
-                           _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template, seed,
-                           *(self._cell_table() if by_cell and not make_template else (_NO_TEMPLATE, _NO_TEMPLATE)),
-                           snap_at, resume)
+        args = (cells, self.tokens.off, self.tokens.data, self.open_end, ar["g_step"], ar["g_acc"], ar["g_term"],
+                ar["g_start"], ar["clo_ptr"], ar["clo_idx"], c.step, c.final, c.live, c.class_byte,
+                self.exact_cells if unroll is None else unroll, *(focus or (0, int(cells.shape[0]))), split_at,
+                np.asarray(counted, dtype=np.int32),
+                template if template is not None else
+                _NO_TEMPLATE if make_template or not counted else self._loop_template(), make_template, seed,
+                *(self._cell_table() if by_cell and not make_template else (_NO_TEMPLATE, _NO_TEMPLATE)), snap_at,
+                resume)
+        scratch = self._scratch()
+        while True:
+            res = self._build(*args, scratch.work, scratch.marks, scratch.base)
+            if scratch.base[1] > scratch.marks[0].shape[0] or scratch.base[2] > scratch.marks[1].shape[0]:
+                scratch.grow_marks()  # the build used fresh marks: this canvas needs longer ones
+            if res[0] != 5:
+                return res
+            scratch.grow_work()  # out of room for pending lexemes or edges: again with four times as much
+
+    def _scratch(self) -> "_Scratch":
+        """This thread's working arrays for ``build_nfa`` (kept between builds: allocating and clearing them cost more
+        than most builds' own work; per thread, since the kernels release the GIL)."""
+        scratch = getattr(self._scratches, "arrays", None)
+        if scratch is None:
+            scratch = self._scratches.arrays = _Scratch(self.grammar.arrays["g_acc"].shape[0],
+                                                        self.grammar.arrays["g_start"].shape[0])
+        return scratch
 
     def _prefix(self, cells: np.ndarray) -> tuple:
         """The sweep of the canvas's committed prefix (the cells before its first mask or EOS), for ``build_nfa`` to go
@@ -305,10 +348,14 @@ class Oracle:
             return 0
         g = self.grammar
         ar = g.arrays
-        return int(self._search_counted(res[1], res[3], res[7], res[4], res[5], res[6], res[13], g.n_nonterminals,
-                                        g.start_nt, ar["t_ptr"], ar["t_a"], ar["u_ptr"], ar["u_a"], ar["l_ptr"],
-                                        ar["l_c"], ar["l_a"], ar["r_ptr"], ar["r_c"], ar["r_a"], ar["eps_a"],
-                                        budget, self.max_pops))
+        while True:
+            status = int(self._search_counted(res[1], res[3], res[7], res[4], res[5], res[6], res[13],
+                                              g.n_nonterminals, g.start_nt, ar["t_ptr"], ar["t_a"], ar["u_ptr"],
+                                              ar["u_a"], ar["l_ptr"], ar["l_c"], ar["l_a"], ar["r_ptr"], ar["r_c"],
+                                              ar["r_a"], ar["eps_a"], budget, self.max_pops, self._queue_room))
+            if status != 5:
+                return status
+            self._queue_room *= 4  # the counted search ran out of queue entries: again with more
 
     def _run(self, cells: np.ndarray, want_bp: bool, focus: tuple[int, int] | None = None, split_at: int = -1,
              unroll: int | None = None):
