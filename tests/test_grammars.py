@@ -525,6 +525,7 @@ def test_focused_checks_and_split_witnesses_are_sound(cells, exact_cells):
                 chosen = o.witness_tokens(code, split_at=i)
                 assert chosen is not None, (cells, i)
                 token = chosen.get(i, 1)  # no token: the completion ends before the cell, so it is EOS
+                assert o.witness_tokens(code, split_at=i, only=i).get(i, 1) == token  # spelling that cell alone
                 filled = list(cells)
                 filled[i] = token
                 assert o.feasible(filled), (cells, i, token)

@@ -430,7 +430,7 @@ class GrammarFilter(Filter):
             return None
         token = None
         for unroll in (None, FORCE_UNROLL):
-            chosen = oracle.witness_tokens(cells, split_at=pos, unroll=unroll)
+            chosen = oracle.witness_tokens(cells, split_at=pos, unroll=unroll, only=pos)
             if chosen is None:
                 return None
             # the cell is unrolled (split there): no token means the completion ends before it, i.e. EOS fits

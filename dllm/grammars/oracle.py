@@ -404,21 +404,24 @@ class Oracle:
         found = self._witness(cells)
         return None if found is None else found[0]
 
-    def witness_tokens(self, cells: np.ndarray, split_at: int = -1, unroll: int | None = None) -> dict[int, int] | None:
+    def witness_tokens(self, cells: np.ndarray, split_at: int = -1, unroll: int | None = None,
+                       only: int | None = None) -> dict[int, int] | None:
         """{cell index: token id} of one completion for every masked cell in a gap of at most
         ``exact_cells`` masks (longer gaps are filled with text, not tokens), or None when infeasible. With
         ``split_at`` (a masked cell) that cell gets a token even inside a longer gap: its gap is cut there,
         and the completion is one of the canvas with that token committed. ``unroll`` overrides ``exact_cells``
-        for this witness (a wider unroll is slower but respects more gaps' token counts)."""
-        found = self._witness(cells, split_at, unroll)
+        for this witness (a wider unroll is slower but respects more gaps' token counts). ``only`` (a cell): just
+        that cell's token (only the lexemes crossing it are spelled out; the grammar filter's forced cells)."""
+        found = self._witness(cells, split_at, unroll, only)
         return None if found is None else found[1]
 
-    def _witness(self, cells: np.ndarray, split_at: int = -1, unroll: int | None = None):
+    def _witness(self, cells: np.ndarray, split_at: int = -1, unroll: int | None = None, only: int | None = None):
         status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True, split_at=split_at,
                                      unroll=unroll)
         if status != 1:
             return None
-        return _realize(self.grammar, res, out, self._space_ok(), self.cell, self.tokens.table)
+        return _realize(self.grammar, res, out, self._space_ok(), self.cell, self.tokens.table,
+                        -1 if only is None else only)
 
     def witness(self, tokens: Sequence[int]) -> bytes | None:
         return self.witness_cells(self.encode(tokens))
@@ -557,10 +560,21 @@ class OracleState:
 _WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
-def _realize(g: Grammar, res, out, space_ok: bool, cell, table) -> tuple[bytes, dict[int, int]]:
+def _realize(g: Grammar, res, out, space_ok: bool, cell, table, only: int = -1) -> tuple[bytes, dict[int, int]]:
     """Follow the back-pointers from the goal triple, spell every lexeme along the canvas DAG, then give
-    each unrolled cell a real token with the same class string. Returns the bytes and {cell: token id}."""
+    each unrolled cell a real token with the same class string. Returns the bytes and {cell: token id}. With ``only``
+    (an unrolled cell) just the lexemes crossing that cell are spelled (spelling is Python, ~0.1 ms a lexeme; every
+    path between two nodes of the canvas passes through the cells between them), so only that cell's token and
+    the bytes around it are right."""
     node_orig, ks, kt, kd = res[2], res[4], res[5], res[6]
+    lo, hi = -1, -1  # the cell ``only``: its junction node and the next one
+    if only >= 0:
+        inside = np.flatnonzero(res[12] == only)
+        if inside.size:
+            lo = int(np.searchsorted(res[8], inside.min(), side="right")) - 1
+            hi = int(res[9][inside].max())
+        else:  # not an unrolled cell: spell everything
+            only = -1
     d_gap = res[11]
     n = res[1]
     _, bpr, bpa, goal = out
@@ -589,6 +603,8 @@ def _realize(g: Grammar, res, out, space_ok: bool, cell, table) -> tuple[bytes, 
         if it[0] == "edge":
             k = it[1]
             o, w = int(node_orig[ks[k]]), int(node_orig[kd[k]])
+            if only >= 0 and not (o < hi and w > lo):
+                continue
             chunk = _spell_lexeme(g, int(kt[k]), o, w, res)
             at_gap = bool(d_gap[o])
         else:
