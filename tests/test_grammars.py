@@ -659,6 +659,34 @@ def test_prefix_snapshots_give_the_answers_of_a_whole_sweep():
     assert resumed > 10
 
 
+def test_checks_that_run_out_of_room_are_retried_with_more():
+    """The kernels' working arrays start small here (2 entries, marks for 1 node, a counted-search queue of 1): every
+    build and counted search runs out, says so, and is retried with more room, and the answers are those of an oracle
+    with the default room."""
+    import dllm
+    from dllm.grammars.oracle import _Scratch
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    rng = random.Random(2)
+    kw = dict(mask_id=model.mask_id, eos_ids=model.eos_ids, count_gaps=True)
+    roomy, cramped = Oracle("json", model.tokenizer, **kw), Oracle("json", model.tokenizer, **kw)
+    cramped._scratches.arrays = _Scratch(roomy.grammar.arrays["g_acc"].shape[0],
+                                         roomy.grammar.arrays["g_start"].shape[0], room=2, nodes=1)
+    cramped._queue_room = 1
+    ids = model.tokenizer.encode(load_test_set("cot_json")[0].target, add_special_tokens=False)
+    answers = set()
+    for cut in range(2, len(ids), 3):
+        cells = [t if j < cut and rng.random() < 0.8 else model.mask_id for j, t in enumerate(ids)] + [model.mask_id] * 6
+        if rng.random() < 0.4:  # a closing bracket first: a dead canvas
+            cells[0] = model.tokenizer.encode("]", add_special_tokens=False)[0]
+        code = roomy.encode(cells)
+        got = cramped.status_cells(code)
+        assert got == roomy.status_cells(code), cells
+        answers.add(got)
+    assert cramped._scratch().work[0].shape[0] > 2 and cramped._queue_room > 1 and answers == {0, 1}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_counted_gaps_catch_a_gap_too_short_for_the_required_keys(tiny_tok, backend):
     """Five masks cannot hold ``, "city": "x", "size": 1`` (more than five tokens): the length-blind check

@@ -87,6 +87,55 @@ def _helper(fn):
         return fn
 
 
+def _inlined(fn):
+    """A helper numba inlines into its caller (``inline="always"``): a call that passes arrays would count their
+    references at every push, the cost the fixed working arrays removed (see ``build_nfa``)."""
+    try:
+        import numba
+
+        return numba.njit(cache=True, nogil=True, inline="always")(fn)
+    except Exception:  # pragma: no cover - numba missing
+        return fn
+
+
+@_inlined
+def _edge(es, et, ed, ec, ne, origin, terminal, end, cost):
+    """Append the lexeme edge (origin, terminal, end, cost) at ``ne``: the new count, or ``ne`` when the arrays are full
+    (``build_nfa`` then reports it is out of room)."""
+    if ne == es.shape[0]:
+        return ne
+    es[ne] = origin
+    et[ne] = terminal
+    ed[ne] = end
+    ec[ne] = cost
+    return ne + 1
+
+
+@_inlined
+def _pend(p_next, p_o, p_s, p_c, head, node, npend, origin, state, cost):
+    """Queue a lexeme in progress (origin, DFA state, cost) at ``node``: the new count, or ``npend`` when full."""
+    if npend == p_o.shape[0]:
+        return npend
+    p_o[npend] = origin
+    p_s[npend] = state
+    p_c[npend] = cost
+    p_next[npend] = head[node]
+    head[node] = npend
+    return npend + 1
+
+
+@_inlined
+def _queue(b_head, b_next, b_item, nb, idx, cost):
+    """Queue triple ``idx`` at ``cost`` (one LIFO list per cost, ``search_counted``): the new count, or ``nb`` when
+    the queue is full (the search then reports it is out of room)."""
+    if nb == b_item.shape[0]:
+        return nb
+    b_item[nb] = idx
+    b_next[nb] = b_head[cost]
+    b_head[cost] = nb
+    return nb + 1
+
+
 @_helper
 def _grown(a, n):
     """``a`` with twice the room, its first ``n`` entries kept (the kernels' growable arrays)."""
@@ -365,24 +414,9 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             reach[v] = resume[7][v]
             started[v] = resume[8][v]
         for k in range(resume[3].shape[0]):
-            if ne == cap:
-                over = True
-            else:
-                es[ne] = resume[3][k]
-                et[ne] = resume[4][k]
-                ed[ne] = resume[5][k]
-                ec[ne] = resume[6][k]
-                ne += 1
+            ne = _edge(es, et, ed, ec, ne, resume[3][k], resume[4][k], resume[5][k], resume[6][k])
         for k in range(resume[0].shape[0]):
-            if npend == cap:
-                over = True
-            else:
-                p_o[npend] = resume[0][k]
-                p_s[npend] = resume[1][k]
-                p_c[npend] = resume[2][k]
-                p_next[npend] = head[u0]
-                head[u0] = npend
-                npend += 1
+            npend = _pend(p_next, p_o, p_s, p_c, head, u0, npend, resume[0][k], resume[1][k], resume[2][k])
     tm = template
     if seed >= 0:  # the entry table's sweep (``make_template``): one lexeme in state ``seed`` enters at the root
         p_o[0] = 0
@@ -402,7 +436,8 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
         if make_template and u == n_cs:
             break
         if u == snap_u:  # the snapshot of the committed prefix (taken by a build without counted runs)
-            if over:
+            if over or ne == cap or npend == cap:
+                over = True
                 break
             return _snapshot(u, head, p_next, p_o, p_s, p_c, reach, started, es, et, ed, ec, ne)
         first = is_root[u] == 1 and cur != u  # a counted run's root, not a later round of its sweep
@@ -471,16 +506,9 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 key = t * N + o
                 if estamp[key] != b0 + u + 1:
                     estamp[key] = b0 + u + 1
-                    if ne == cap:
-                        over = True
-                    else:
-                        if weighted:
-                            eslot[key] = ne
-                        es[ne] = o
-                        et[ne] = t
-                        ed[ne] = u
-                        ec[ne] = act_c[k]
-                        ne += 1
+                    if weighted:
+                        eslot[key] = ne
+                    ne = _edge(es, et, ed, ec, ne, o, t, u, act_c[k])
                     reach[u] = 1
                 elif weighted and act_c[k] < ec[eslot[key]]:
                     ec[eslot[key]] = act_c[k]
@@ -495,25 +523,10 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             for a in range(n_cs):
                 started[u + a] = xt[7][a]
             for k in range(xt[0].shape[0]):
-                if ne == cap:
-                    over = True
-                else:
-                    es[ne] = u + xt[0][k]
-                    et[ne] = xt[1][k]
-                    ed[ne] = u + xt[2][k]
-                    ec[ne] = xt[3][k]
-                    reach[u + xt[2][k]] = 1
-                    ne += 1
+                ne = _edge(es, et, ed, ec, ne, u + xt[0][k], xt[1][k], u + xt[2][k], xt[3][k])
+                reach[u + xt[2][k]] = 1
             for k in range(xt[4].shape[0]):
-                if npend == cap:
-                    over = True
-                else:
-                    p_o[npend] = u + xt[4][k]
-                    p_s[npend] = xt[5][k]
-                    p_c[npend] = xt[6][k]
-                    p_next[npend] = head[u + n_cs]
-                    head[u + n_cs] = npend
-                    npend += 1
+                npend = _pend(p_next, p_o, p_s, p_c, head, u + n_cs, npend, u + xt[4][k], xt[5][k], xt[6][k])
         # lexemes starting at node u (inside the gap when u is a loose gap); once per node
         if reach[u] and not started[u]:
             started[u] = 1
@@ -541,25 +554,12 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
                 # origin offset 0: the entering lexeme (cost from c); else a lexeme that started at that node of
                 # the run, which only an entering lexeme's end reaches (its cost counts from its own start)
                 for q in range(xt[8][s], xt[8][s + 1]):
-                    if ne == cap:
-                        over = True
-                    else:
-                        es[ne] = o if xt[15][q] == 0 else u + xt[15][q]
-                        et[ne] = xt[9][q]
-                        ed[ne] = u + xt[10][q]
-                        ec[ne] = (c if xt[15][q] == 0 else 0) + xt[11][q]
-                        reach[u + xt[10][q]] = 1
-                        ne += 1
+                    ne = _edge(es, et, ed, ec, ne, o if xt[15][q] == 0 else u + xt[15][q], xt[9][q], u + xt[10][q],
+                               (c if xt[15][q] == 0 else 0) + xt[11][q])
+                    reach[u + xt[10][q]] = 1
                 for q in range(xt[12][s], xt[12][s + 1]):
-                    if npend == cap:
-                        over = True
-                    else:
-                        p_o[npend] = o if xt[16][q] == 0 else u + xt[16][q]
-                        p_s[npend] = xt[13][q]
-                        p_c[npend] = (c if xt[16][q] == 0 else 0) + xt[14][q]
-                        p_next[npend] = head[u + n_cs]
-                        head[u + n_cs] = npend
-                        npend += 1
+                    npend = _pend(p_next, p_o, p_s, p_c, head, u + n_cs, npend, o if xt[16][q] == 0 else u + xt[16][q],
+                                   xt[13][q], (c if xt[16][q] == 0 else 0) + xt[14][q])
             u += n_cs
             continue
         # every lexeme in progress follows every byte edge leaving u
@@ -571,15 +571,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             for k in range(na):
                 s2 = g_step[act_s[k] * 256 + b]
                 if s2 >= 0:
-                    if npend == cap:
-                        over = True
-                    else:
-                        p_o[npend] = act_o[k]
-                        p_s[npend] = s2
-                        p_c[npend] = act_c[k] + dc
-                        p_next[npend] = head[v]
-                        head[v] = npend
-                        npend += 1
+                    npend = _pend(p_next, p_o, p_s, p_c, head, v, npend, act_o[k], s2, act_c[k] + dc)
             if v == cur and npend > first:
                 again = True
         if cur >= 0 and u == cur + n_cs - 1 and again:
@@ -587,7 +579,7 @@ def build_nfa(cells, tok_off, tok_data, open_end, g_step, g_acc, g_term, g_start
             u = cur
         else:
             u += 1
-    if over:  # out of room: the caller retries with a larger ``cap``
+    if over or ne == cap or npend == cap:  # out of room (or exactly full): the caller retries with more
         return (5, 0, empty_i, empty_b, empty_i, empty_i, empty_i, empty_b,
                 empty_i, empty_i, empty_b, empty_b, empty_i, empty_i)
     if make_template:
@@ -809,33 +801,18 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
             idx = t_a[j] * nn + e_src[k] * n + e_dst[k]
             if c < cost[idx]:
                 cost[idx] = c
-                if nb == room:
-                    return 5
-                b_item[nb] = idx
-                b_next[nb] = b_head[c]
-                b_head[c] = nb
-                nb += 1
+                nb = _queue(b_head, b_next, b_item, nb, idx, c)
     for g in range(n):
         if node_gap[g]:
             for a in range(n_nt):
                 idx = a * nn + g * n + g
                 cost[idx] = 0
-                if nb == room:
-                    return 5
-                b_item[nb] = idx
-                b_next[nb] = b_head[0]
-                b_head[0] = nb
-                nb += 1
+                nb = _queue(b_head, b_next, b_item, nb, idx, 0)
     for kk in range(eps_a.shape[0]):
         for p in range(n):
             idx = eps_a[kk] * nn + p * n + p
             cost[idx] = 0
-            if nb == room:
-                return 5
-            b_item[nb] = idx
-            b_next[nb] = b_head[0]
-            b_head[0] = nb
-            nb += 1
+            nb = _queue(b_head, b_next, b_item, nb, idx, 0)
     pops = 0
     for c in range(budget + 1):
         while b_head[c] >= 0:
@@ -863,12 +840,7 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
                 idx = u_a[j] * nn + rem
                 if c < cost[idx]:
                     cost[idx] = c
-                    if nb == room:
-                        return 5
-                    b_item[nb] = idx
-                    b_next[nb] = b_head[c]
-                    b_head[c] = nb
-                    nb += 1
+                    nb = _queue(b_head, b_next, b_item, nb, idx, c)
             for side in range(2):  # A -> B C: final (q, C, r) give (p, A, r); A -> C B: final (r, C, q) give (r, A, q)
                 lo, hi = (l_ptr[b], l_ptr[b + 1]) if side == 0 else (r_ptr[b], r_ptr[b + 1])
                 for j in range(lo, hi):
@@ -890,13 +862,8 @@ def search_counted(n, node_gap, node_end, e_src, e_term, e_dst, e_cost, n_nt, st
                                 if a == start_nt and (p if side == 0 else r) == 0 and node_end[r if side == 0 else q]:
                                     return 1  # a goal within the budget: no need to wait for its turn
                                 cost[idx] = c2
-                                if nb == room:
-                                    return 5
-                                b_item[nb] = idx
-                                b_next[nb] = b_head[c2]
-                                b_head[c2] = nb
-                                nb += 1
-    return 0
+                                nb = _queue(b_head, b_next, b_item, nb, idx, c2)
+    return 5 if nb == room else 0  # a full queue may have dropped a triple: out of room
 
 
 def py_search(n, node_gap, node_end, e_src, e_term, e_dst, n_nt, start_nt, t_ptr, t_a, t_rule, u_ptr, u_a, u_rule,
