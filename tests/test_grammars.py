@@ -660,7 +660,7 @@ def test_prefix_snapshots_give_the_answers_of_a_whole_sweep():
 
 
 def test_checks_that_run_out_of_room_are_retried_with_more():
-    """The kernels' working arrays start small here (2 entries, marks for 1 node, a counted-search queue of 1): every
+    """The kernels' working arrays start small here (2 entries, 1 mark, a counted-search queue of 1): every
     build and counted search runs out, says so, and is retried with more room, and the answers are those of an oracle
     with the default room."""
     import dllm
@@ -671,8 +671,7 @@ def test_checks_that_run_out_of_room_are_retried_with_more():
     rng = random.Random(2)
     kw = dict(mask_id=model.mask_id, eos_ids=model.eos_ids, count_gaps=True)
     roomy, cramped = Oracle("json", model.tokenizer, **kw), Oracle("json", model.tokenizer, **kw)
-    cramped._scratches.arrays = _Scratch(roomy.grammar.arrays["g_acc"].shape[0],
-                                         roomy.grammar.arrays["g_start"].shape[0], room=2, nodes=1)
+    cramped.own_scratch = _Scratch(room=2, marks=1)
     cramped._queue_room = 1
     ids = model.tokenizer.encode(load_test_set("cot_json")[0].target, add_special_tokens=False)
     answers = set()

@@ -86,13 +86,13 @@ def _cell_automaton(grammar: Grammar, tokens: TokenTable, allowed: np.ndarray):
 class _Scratch:
     """``build_nfa``'s working arrays (see the kernel): ``work``, 14 int32 arrays of room for pending lexemes, lexemes
     in progress and lexeme edges; ``marks``, its "seen" marks (int64, never cleared: ``base[0]`` moves past every
-    value a build wrote); ``base[1:]``, the mark lengths the last canvas needed."""
+    value a build wrote); ``base[1:]``, the mark lengths the last canvas needed. One set per thread, shared by every
+    oracle (builds never nest), grown to the largest canvas seen."""
 
-    def __init__(self, n_states: int, n_terminals: int, room: int = 4096, nodes: int = 1024):
-        self.n_states, self.n_terminals = n_states, n_terminals
+    def __init__(self, room: int = 4096, marks: int = 1 << 16):
         self.work = tuple(np.empty(room, dtype=np.int32) for _ in range(14))
         self.base = np.array([1, 0, 0], dtype=np.int64)
-        self._marks(n_states * nodes, n_terminals * nodes)
+        self._marks(marks, marks)
 
     def _marks(self, g: int, t: int) -> None:
         self.marks = (np.zeros(g, np.int64), np.zeros(t, np.int64), np.zeros(g, np.int64), np.zeros(g, np.int64),
@@ -100,10 +100,14 @@ class _Scratch:
         self.base[0] = 1  # fresh zeros: any positive mark is new
 
     def grow_marks(self) -> None:
-        self._marks(2 * int(self.base[1]), 2 * int(self.base[2]))
+        self._marks(max(2 * int(self.base[1]), self.marks[0].shape[0]),
+                    max(2 * int(self.base[2]), self.marks[1].shape[0]))
 
     def grow_work(self) -> None:
         self.work = tuple(np.empty(4 * a.shape[0], dtype=np.int32) for a in self.work)
+
+
+_SCRATCH = threading.local()  # this thread's ``_Scratch``
 
 
 class Oracle:
@@ -160,7 +164,7 @@ class Oracle:
         self._snap_lengths: dict[int, int] = {}  # prefix length -> snapshots of that length
         self._cells_table = None
         self._queue_room = 1 << 14  # queue entries of the counted search (grows when a search runs out)
-        self._scratches = threading.local()  # ``build_nfa``'s working arrays, one set per thread (``_scratch``)
+        self.own_scratch: "_Scratch | None" = None  # tests give an oracle its own working arrays (``_scratch``)
         allowed = ~self.excluded
         for e in self.eos_ids:
             if 0 <= e < len(allowed):
@@ -211,11 +215,12 @@ class Oracle:
 
     def _scratch(self) -> "_Scratch":
         """This thread's working arrays for ``build_nfa`` (kept between builds: allocating and clearing them cost more
-        than most builds' own work; per thread, since the kernels release the GIL)."""
-        scratch = getattr(self._scratches, "arrays", None)
+        than most builds' own work; per thread, since the kernels release the GIL), or the oracle's own (tests)."""
+        if self.own_scratch is not None:
+            return self.own_scratch
+        scratch = getattr(_SCRATCH, "arrays", None)
         if scratch is None:
-            scratch = self._scratches.arrays = _Scratch(self.grammar.arrays["g_acc"].shape[0],
-                                                        self.grammar.arrays["g_start"].shape[0])
+            scratch = _SCRATCH.arrays = _Scratch()
         return scratch
 
     def _prefix(self, cells: np.ndarray) -> tuple:
