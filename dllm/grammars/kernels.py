@@ -76,13 +76,13 @@ except Exception:  # pragma: no cover - numba missing: the pure-Python mirror is
     def trailing_zeros(x):
         return (int(x) & -int(x)).bit_length() - 1
 
-def _helper(fn):
+def _helper(fn, inline: str = "never"):
     """Compile a function the kernels call (numba compiles a kernel only if every global it calls is compiled);
     without numba it stays plain Python, like the kernels' fallback."""
     try:
         import numba
 
-        return numba.njit(cache=True, nogil=True)(fn)
+        return numba.njit(cache=True, nogil=True, inline=inline)(fn)
     except Exception:  # pragma: no cover - numba missing
         return fn
 
@@ -90,12 +90,7 @@ def _helper(fn):
 def _inlined(fn):
     """A helper numba inlines into its caller (``inline="always"``): a call that passes arrays would count their
     references at every push, the cost the fixed working arrays removed (see ``build_nfa``)."""
-    try:
-        import numba
-
-        return numba.njit(cache=True, nogil=True, inline="always")(fn)
-    except Exception:  # pragma: no cover - numba missing
-        return fn
+    return _helper(fn, inline="always")
 
 
 @_inlined

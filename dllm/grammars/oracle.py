@@ -52,6 +52,7 @@ ENTRY_AFTER = 32  # counted builds before an oracle builds its entry table (one-
 _NO_TEMPLATE = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),) + (np.zeros(0, dtype=np.int32),) * 9
 EXACT_CELLS = 4  # gaps of at most this many cells are unrolled token by token (see cells.py)
 _NO_RESUME = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),) * 2
+_LONE = np.array([K.MASK, K.EOS], dtype=np.int32)  # one masked run (or cell) before the end: what templates sweep
 PREFIX_SNAPSHOTS = 256  # committed-prefix sweeps an oracle keeps (``Oracle._prefix``)
 PREFIX_STEP = 4  # a check whose committed prefix runs this many cells past the longest snapshot takes a new one
 
@@ -81,6 +82,11 @@ def _cell_automaton(grammar: Grammar, tokens: TokenTable, allowed: np.ndarray):
         _CELLS.pop(next(iter(_CELLS)))
     _CELLS[key] = (step, tokens, cell)
     return cell
+
+
+def _template_of(res: tuple) -> tuple:
+    """``build_nfa``'s ``make_template`` result in the template layout (see ``Oracle._entry_table``), no entry table."""
+    return (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3]) + _NO_TEMPLATE[8:]
 
 
 class _Scratch:
@@ -235,9 +241,10 @@ class Oracle:
             return _NO_RESUME
         best, best_len = _NO_RESUME, 0
         for length in sorted((n for n in self._snap_lengths if n <= end), reverse=True)[:8]:
-            hit = self._snaps.get(cells[:length].tobytes())
+            key = cells[:length].tobytes()
+            hit = self._snaps.get(key)
             if hit is not None:
-                self._snaps.move_to_end(cells[:length].tobytes())
+                self._snaps.move_to_end(key)
                 best, best_len = hit, length
                 break
         if end - best_len < PREFIX_STEP:
@@ -273,8 +280,7 @@ class Oracle:
         """What lexemes that start inside a counted run do there: the same in every counted run of every canvas (the
         looped automaton is the same), so it is swept once per oracle (``build_nfa(make_template=True)``) and laid
         into each counted run. Measured on a tiny-cot schema canvas (253 automaton states): the counted build takes
-        0.5 ms instead of 6.7 ms. (The same for unrolled cells bought nothing: the lexemes leaving one cell are swept
-        through the next.)
+        0.5 ms instead of 6.7 ms. (Unrolled cells get the same with their own entry table, ``_cell_table``.)
 
         Then the entry table: what a lexeme entering the run in lexer state s does there, one sweep per state
         (``seed=s``: n_gs small sweeps, once per oracle: about 40 ms for a tiny-cot schema, so it is built after
@@ -284,10 +290,8 @@ class Oracle:
         decoding canvases (a schema and JSON) the same answers as sweeping every run in full."""
         if not self.use_template:
             return _NO_TEMPLATE
-        lone = np.array([K.MASK, K.EOS], dtype=np.int32)
         if self._template is None:
-            res = self._nfa(lone, counted=[0], make_template=True)
-            self._template = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3]) + _NO_TEMPLATE[8:]
+            self._template = _template_of(self._nfa(_LONE, counted=[0], make_template=True))
         self._counted_builds += 1
         if self._template[8].shape[0] == 0 and self._counted_builds > ENTRY_AFTER and self.use_entry_table:
             self._template = self._entry_table(self._template[:8] + _NO_TEMPLATE[8:], [0])
@@ -300,12 +304,11 @@ class Oracle:
         # layout (``build_nfa`` reads it by index): 0-7 the template (edge origins, terminals, ends, costs; exit
         # origins, states, costs; started flags), 8-16 the entry table (edge offsets per state, terminals, ends,
         # costs; exit offsets per state, states, costs; edge origins, exit origins: 0 = the entering lexeme)
-        lone = np.array([K.MASK, K.EOS], dtype=np.int32)
         n_gs = self.grammar.arrays["g_acc"].shape[0]
         e_ptr, x_ptr = np.zeros(n_gs + 1, dtype=np.int32), np.zeros(n_gs + 1, dtype=np.int32)
         parts: list[tuple] = []
         for state in range(n_gs):
-            r = self._nfa(lone, counted=counted, unroll=1, make_template=True, seed=state, template=inside)
+            r = self._nfa(_LONE, counted=counted, unroll=1, make_template=True, seed=state, template=inside)
             parts.append((r[5], r[6], r[13], r[8], r[9], r[4], r[2]))
             e_ptr[state + 1] = e_ptr[state] + r[5].shape[0]
             x_ptr[state + 1] = x_ptr[state] + r[8].shape[0]
@@ -322,9 +325,7 @@ class Oracle:
         their own wherever they end (measured on tiny-cot schema checks at threshold 0.5: laying the template at
         every junction gave 1,400 lexeme edges on a canvas with ten unrolled cells)."""
         if self._cells_table is None:
-            lone = np.array([K.MASK, K.EOS], dtype=np.int32)
-            res = self._nfa(lone, unroll=1, make_template=True)
-            inside = (res[4], res[5], res[6], res[13], res[2], res[8], res[9], res[3]) + _NO_TEMPLATE[8:]
+            inside = _template_of(self._nfa(_LONE, unroll=1, make_template=True))
             n_cs = self.cell.final.shape[0]
             alone = _NO_TEMPLATE[:7] + ((np.arange(n_cs) == 0).astype(np.uint8),) + _NO_TEMPLATE[8:]
             self._cells_table = (self._entry_table(inside, []), self._entry_table(alone, []))
@@ -337,8 +338,8 @@ class Oracle:
         self._snap_lengths.clear()
 
     def warm(self) -> "Oracle":
-        """Build what the first checks would build lazily (the counted-run template and entry table), e.g. at a
-        server's start-up."""
+        """Build what the first checks would build lazily (the cell table, the counted-run template and entry
+        table), e.g. at a server's start-up."""
         if self.use_cell_table:
             self._cell_table()
         if self.count_gaps:
