@@ -25,7 +25,7 @@ tokens / wall seconds, wall = seconds for the whole run (with ``--repeat N`` the
 fastest of N runs, the variants interleaved), ratio = wall / the free run's wall at the same threshold, stuck rows.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_grammar.py [--limit 60] [--batch 16] [--model tiny --task json]
-        [--variants free json schema scaffold] [--exact-cells N] [--force-after N]
+        [--variants free json schema scaffold] [--exact-cells N] [--force-after N] [--option KEY=VALUE ...]
 
 ``--exact-cells 0 --force-after 0`` gives the earlier length-blind oracle without forced cells.
 """
@@ -54,7 +54,7 @@ def schema_of(value) -> dict:
 
 def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict,
         exact_cells: int | None = None, force_after: int | None = None, count_gaps: bool = False,
-        frontier: bool | None = None) -> dict:
+        frontier: bool | None = None, extra: dict | None = None) -> dict:
     # every variant batches the same rows; the schema variants give each row its own schema (a list)
     groups = [list(range(j, min(j + batch, len(examples)))) for j in range(0, len(examples), batch)]
     texts, status, witnesses = [None] * len(examples), [None] * len(examples), {}
@@ -77,6 +77,8 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
             options["count_gaps"] = True
         if variant != "free" and frontier is not None:
             options["frontier"] = frontier
+        if variant != "free" and extra:
+            options.update(extra)
         started = time.perf_counter()
         out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, **options)
         seconds += time.perf_counter() - started
@@ -164,6 +166,9 @@ def main() -> None:
                              "server that has seen each schema); 0: the first run of each grammar pays for it")
     parser.add_argument("--count-gaps", action="store_true",
                         help="the grammar filter's count_gaps (whole-canvas checks bound each longer gap's tokens)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other grammar filter option for the constrained variants, e.g. "
+                             "check_order=position (VALUE read as JSON when it parses, else as text)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each batch, the variants interleaved; the fastest is kept (see ``rounds``)")
     args = parser.parse_args()
@@ -183,8 +188,18 @@ def main() -> None:
     print(f"{args.model}, task {args.task}, {len(examples)} examples, batch {args.batch}, sampler threshold")
     print(f"{'threshold':>9} {'variant':>9} {'parse':>6} {'+witness':>8} {'valid':>6} {'exact':>6} {'NFE':>6} {'TPF':>6} "
           f"{'tok/s':>7} {'wall s':>7} {'ratio':>6} {'stuck':>5}")
+    extra = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--option {item!r}: write KEY=VALUE, e.g. check_order=position")
+        try:
+            extra[key] = json.loads(value)
+        except ValueError:
+            extra[key] = value
     options = dict(slot_length=args.slot_length, exact_cells=args.exact_cells, force_after=args.force_after,
-                   count_gaps=args.count_gaps, frontier=None if args.frontier is None else bool(args.frontier))
+                   count_gaps=args.count_gaps, frontier=None if args.frontier is None else bool(args.frontier),
+                   extra=extra)
     for threshold in args.thresholds:
         totals = rounds(model, examples, threshold, args.variants, args.batch, args.repeat, **options)
         base = None

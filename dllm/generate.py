@@ -150,8 +150,7 @@ def prepare(model: Model, prompts, **kwargs) -> tuple[Engine, object, "_Request"
     modifier_objs = _plugins(modifiers, args.modifiers, options)
     filter_objs = _plugins(filters, args.filters, options)
     grammar_filter = None
-    grammar_only = [k for k in ("grammar_backend", "open_end", "defer_eos", "exact_cells", "force_after",
-                                        "count_gaps", "frontier", "conflict_waits") if k in options]
+    grammar_only = [k for k in filters.option_names("grammar") if k != "grammar" and k in options]
     if grammar is None and grammar_only:
         raise ValueError(f"{grammar_only[0]} is an option of grammar-constrained decoding: "
                          "pass grammar= or schema= too")

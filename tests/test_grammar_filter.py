@@ -38,7 +38,9 @@ def check_outputs(out, grammar, schema=None):
 CASES = [("llada", "none", "static", {}), ("llada", "prefix", "threshold", {"threshold": 0.5}),
          ("llada", "dual", "localleap", {}), ("dream", "none", "threshold", {"threshold": 0.0}),
          ("sdar", "block", "threshold", {"threshold": 0.3}), ("fast_dllm_v2", "block", "static", {}),
-         ("llada", "none", "threshold", {"threshold": 0.0, "conflict_waits": False})]
+         ("llada", "none", "threshold", {"threshold": 0.0, "conflict_waits": False}),
+         ("llada", "none", "threshold", {"threshold": 0.0, "check_order": "position", "forced_alone": True}),
+         ("dream", "dual", "threshold", {"threshold": 0.2, "check_order": "position"})]
 
 
 @pytest.mark.parametrize("family,cache,sampler,options", CASES)
@@ -289,6 +291,11 @@ def test_bad_input_errors_come_before_any_forward(tmp_path):
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", conflict_waits="maybe", gen_length=16,
                                                    block_length=8), "conflict_waits must be true or false")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, conflict_waits=False), "conflict_waits", "grammar=")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", check_order="random"),
+                   "check_order must be 'confidence' or 'position'")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", forced_alone="maybe"),
+                   "forced_alone must be true or false")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, check_order="position"), "check_order", "grammar=")
     assert calls == []
 
 
