@@ -432,6 +432,35 @@ def test_a_cell_rejected_force_after_times_takes_the_witness_token():
         assert never._check_row(0, [(cell, token)])[:2] == ([False], [True])
 
 
+def test_a_forced_cell_lands_with_the_commits_that_fit_after_it():
+    """``forced_alone=False`` (default): the step's other commits are checked after the forced token and land with it;
+    one that fails waits (no veto, which would send the forced cell back with the row). ``forced_alone=True``: the
+    forced cell lands alone."""
+    from dllm.filters.grammar import VETO_ROUNDS
+
+    model = dllm.load("tiny")
+    eos, mask = model.eos_ids[0], model.mask_id
+    enc = lambda s: model.tokenizer.encode(s, add_special_tokens=False)
+    region = enc('{"a": [12') + [mask, mask, eos]
+    cell = len(enc('{"a": [12'))
+    comma, five, close, bracket = enc(",")[0], enc("5")[0], enc("}")[0], enc("]")[0]
+    for forced_alone, kept_after in ((False, True), (True, False)):
+        grammar_filter = _attached_filter(model, region, force_after=2, forced_alone=forced_alone)
+        assert grammar_filter._check_row(0, [(cell, comma)])[:2] == ([False], [True])  # no room left to close
+        kept, vetoed, landing = grammar_filter._check_row(0, [(cell, five), (cell + 1, close)])
+        assert landing[0] == bracket and kept == [True, kept_after] and vetoed == [False, False]
+    # a comma right before the end of output can never be completed: behind the forced cell it waits, not vetoed
+    grammar_filter = _attached_filter(model, region, force_after=2)
+    assert grammar_filter._check_row(0, [(cell, comma)])[:2] == ([False], [True])
+    assert grammar_filter._check_row(0, [(cell, five), (cell + 1, comma)]) == ([True, False], [False, False],
+                                                                               [bracket, comma])
+    # past VETO_ROUNDS vetoes of a row in one step, a veto behind kept commits waits too and the kept ones land
+    plain = _attached_filter(model, region)
+    assert plain._check_row(0, [(cell, bracket), (cell + 1, comma)])[:2] == ([True, False], [False, True])
+    plain._vetoes[0] = VETO_ROUNDS
+    assert plain._check_row(0, [(cell, bracket), (cell + 1, comma)])[:2] == ([True, False], [False, False])
+
+
 def test_rows_stuck_at_threshold_zero_finish_with_forced_cells():
     """Two tiny-cot JSON rows that ended stuck at threshold 0 (length-blind gaps, budget 100) finish and parse
     with the defaults (token-exact short gaps, forcing after 3 rejections at a cell)."""

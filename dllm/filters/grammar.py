@@ -6,7 +6,8 @@ output is in the grammar?". This filter drives one oracle state per row over the
 
 Per step, for each row, the commits the sampler (and the progress guarantee, and earlier filters such as
 the AR opening) chose are checked **one at a time in confidence order** (``view.confidence``, ties by
-position; or left to right, ``check_order`` below), each against the canvas including the earlier accepted ones of the same step:
+position; or left to right, ``check_order`` below), each against the canvas including the earlier accepted ones
+of the same step:
 
 * accepted -> kept;
 * infeasible against the row's canvas *as it stands* (before this step) -> a true rejection: returned by
