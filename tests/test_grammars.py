@@ -5,6 +5,7 @@ import itertools
 import json
 import random
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -564,6 +565,24 @@ def test_counted_gaps_between_exact_and_loose(cells):
     masks = [i for i in range(end) if cells[i] == 0]
     if masks and masks == list(range(masks[0], end)) and all(c == 1 or c == 0 for c in cells[end:]):
         assert counted == truth, (cells, truth, counted)
+
+
+def test_pure_python_counted_search_wraps_its_bit_words_without_warning(tiny_tok):
+    """The counted search's chart rows are int64 bit words; a node on a word's top bit makes ``bits & -bits`` wrap
+    around, which numba does silently and numpy scalars report as an overflow. This tiny-tokenizer canvas (decoded
+    JSON with short holes, then a long masked run, as the frontier keeps it) reaches that bit; the pure-Python
+    backend answers as numba does and warns of nothing."""
+    mask, eos = tiny_tok.token_to_id("<|mdm_mask|>"), tiny_tok.token_to_id("<|endoftext|>")
+    head = [-1, 303, 19, 261, 260, -1, 269, -1, 332, 20, 261, 365, -1, 260, -1, 21, -1, 224, -1, 47, 88, -1, -1, 19,
+            261, -1, 280, 332, 19, 261, 260, -1, 269]
+    cells = [mask if t == -1 else t for t in head] + [mask] * (128 - len(head))
+    answers = {}
+    for backend in BACKENDS:
+        oracle = Oracle("json", tiny_tok, mask_id=mask, eos_ids=[eos], backend=backend, count_gaps=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            answers[backend] = oracle.feasible(cells)
+    assert set(answers.values()) == {True}, answers
 
 
 def test_the_entry_table_gives_the_answers_of_the_full_sweep():

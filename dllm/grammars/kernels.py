@@ -996,7 +996,15 @@ def resolve_backend(backend: str | None = None) -> str:
     return "python"
 
 
+def py_search_counted(*args):
+    """:func:`search_counted` run as plain Python on the same arrays. Its bit tricks (``bits & -bits``) wrap around on
+    int64 words by design (a word's top bit is a node like any other); numba wraps silently, numpy scalars warn of an
+    overflow, so the warning is switched off here and only here."""
+    with np.errstate(over="ignore"):
+        return search_counted(*args)
+
+
 def kernels(backend: str):
     if backend == "numba":
         return _numba_kernels()
-    return py_build_nfa, py_search, search_counted
+    return py_build_nfa, py_search, py_search_counted
