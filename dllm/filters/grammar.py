@@ -389,7 +389,7 @@ class GrammarFilter(Filter):
                 self.deferrals[self.caller[b]] = self.deferrals.get(self.caller[b], 0) + 1
                 continue
             scratch, kept[i], vetoed[i], landing[i] = self._check_pair(b, pos, tok, scratch, exact)
-            if vetoed[i] and (forced or any(kept) and self._vetoes.get(b, 0) >= VETO_ROUNDS):
+            if vetoed[i] and self._veto_waits(b, kept, forced):
                 vetoed[i] = False  # the kept ones land; this one is checked again next step (docstring)
                 break
             if vetoed[i]:  # the row re-selects anyway: leave the rest for then
@@ -397,14 +397,25 @@ class GrammarFilter(Filter):
                 return kept, vetoed, landing, scratch
             if self.conflict_waits and not kept[i]:  # a conflict: the rest of the row's step waits (see docstring)
                 break
+        forced = bool(order) and kept[order[0]] and landing[order[0]] != pairs[order[0]][1]
         for i in sorted(waiting, key=lambda i: pairs[i][0]):
             pos, tok = pairs[i]
             if not self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
                 self.deferrals[self.caller[b]] -= 1
                 scratch, kept[i], vetoed[i], landing[i] = self._check_pair(b, pos, tok, scratch, exact)
                 if vetoed[i]:
+                    if self._veto_waits(b, kept, forced):
+                        vetoed[i] = False
+                    else:
+                        self._vetoes[b] = self._vetoes.get(b, 0) + 1
                     break
         return kept, vetoed, landing, scratch
+
+    def _veto_waits(self, b: int, kept: list[bool], forced: bool) -> bool:
+        """Does a vetoed commit of row ``b`` wait (unbanned, checked again next step) so that the row's kept commits land?
+        Behind a forced cell always (a veto would send the forced cell back with the row); behind other kept commits
+        once the row has been sent back ``VETO_ROUNDS`` times in this step (see the module docstring)."""
+        return forced or (any(kept) and self._vetoes.get(b, 0) >= VETO_ROUNDS)
 
     def _check_pair(self, b: int, pos: int, tok: int, scratch, exact: bool = True):
         """(scratch canvas after it, kept, vetoed, token that lands) for one commit checked against
