@@ -381,7 +381,7 @@ class GrammarFilter(Filter):
         order = sorted(order, key=lambda i: not due_at[i])
         for n, i in enumerate(order):
             pos, tok = pairs[i]
-            forced = n >= 1 and kept[order[0]] and landing[order[0]] != pairs[order[0]][1]
+            forced = n >= 1 and kept[order[0]] and landing[order[0]] != pairs[order[0]][1]  # behind a forced cell
             if n == 1 and self.forced_alone and forced:
                 return kept, vetoed, landing, scratch  # a forced cell lands alone; the others come back next step
             if self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
@@ -412,9 +412,9 @@ class GrammarFilter(Filter):
         return kept, vetoed, landing, scratch
 
     def _veto_waits(self, b: int, kept: list[bool], forced: bool) -> bool:
-        """Does a vetoed commit of row ``b`` wait (unbanned, checked again next step) so that the row's kept commits land?
-        Behind a forced cell always (a veto would send the forced cell back with the row); behind other kept commits
-        once the row has been sent back ``VETO_ROUNDS`` times in this step (see the module docstring)."""
+        """Does a vetoed commit of row ``b`` wait (unbanned, checked again next step) so that the row's kept commits
+        land? Behind a forced cell always (a veto would send the forced cell back with the row); behind other kept
+        commits once the row has been sent back ``VETO_ROUNDS`` times in this step (see the module docstring)."""
         return forced or (any(kept) and self._vetoes.get(b, 0) >= VETO_ROUNDS)
 
     def _check_pair(self, b: int, pos: int, tok: int, scratch, exact: bool = True):
