@@ -25,7 +25,8 @@ tokens / wall seconds, wall = seconds for the whole run (with ``--repeat N`` the
 fastest of N runs, the variants interleaved), ratio = wall / the free run's wall at the same threshold, stuck rows.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_grammar.py [--limit 60] [--batch 16] [--model tiny --task json]
-        [--variants free json schema scaffold] [--exact-cells N] [--force-after N] [--option KEY=VALUE ...]
+        [--variants free json schema scaffold] [--exact-cells N] [--force-after N] [--cache dual]
+        [--option KEY=VALUE ...]
 
 ``--exact-cells 0 --force-after 0`` gives the earlier length-blind oracle without forced cells.
 """
@@ -54,7 +55,7 @@ def schema_of(value) -> dict:
 
 def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict,
         exact_cells: int | None = None, force_after: int | None = None, count_gaps: bool = False,
-        frontier: bool | None = None, extra: dict | None = None) -> dict:
+        frontier: bool | None = None, extra: dict | None = None, cache: str = "none") -> dict:
     # every variant batches the same rows; the schema variants give each row its own schema (a list)
     groups = [list(range(j, min(j + batch, len(examples)))) for j in range(0, len(examples), batch)]
     texts, status, witnesses = [None] * len(examples), [None] * len(examples), {}
@@ -80,7 +81,7 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
         if variant != "free" and extra:
             options.update(extra)
         started = time.perf_counter()
-        out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, **options)
+        out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, cache=cache, **options)
         seconds += time.perf_counter() - started
         nfe += sum(out.stats.row_nfe)
         tokens += out.stats.tokens
@@ -166,6 +167,7 @@ def main() -> None:
                              "server that has seen each schema); 0: the first run of each grammar pays for it")
     parser.add_argument("--count-gaps", action="store_true",
                         help="the grammar filter's count_gaps (whole-canvas checks bound each longer gap's tokens)")
+    parser.add_argument("--cache", default="none", help="the cache of every variant (default none; e.g. dual)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="any other grammar filter option for the constrained variants, e.g. "
                              "check_order=position (VALUE read as JSON when it parses, else as text)")
@@ -185,7 +187,8 @@ def main() -> None:
                                   ("frontier", None if args.frontier is None else bool(args.frontier))) if v is not None}
         build_oracles(model, ["json"] + schemas, **same)  # the options of the runs: the cache key
         print(f"oracles of {len(schemas) + 1} grammars built in {time.perf_counter() - started:.2f} s (not timed below)")
-    print(f"{args.model}, task {args.task}, {len(examples)} examples, batch {args.batch}, sampler threshold")
+    print(f"{args.model}, task {args.task}, {len(examples)} examples, batch {args.batch}, sampler threshold, "
+          f"cache {args.cache}")
     print(f"{'threshold':>9} {'variant':>9} {'parse':>6} {'+witness':>8} {'valid':>6} {'exact':>6} {'NFE':>6} {'TPF':>6} "
           f"{'tok/s':>7} {'wall s':>7} {'ratio':>6} {'stuck':>5}")
     extra = {}
@@ -199,7 +202,7 @@ def main() -> None:
             extra[key] = value
     options = dict(slot_length=args.slot_length, exact_cells=args.exact_cells, force_after=args.force_after,
                    count_gaps=args.count_gaps, frontier=None if args.frontier is None else bool(args.frontier),
-                   extra=extra)
+                   extra=extra, cache=args.cache)
     for threshold in args.thresholds:
         totals = rounds(model, examples, threshold, args.variants, args.batch, args.repeat, **options)
         base = None
