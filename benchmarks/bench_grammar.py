@@ -54,8 +54,8 @@ def schema_of(value) -> dict:
 
 
 def run(model, examples, threshold: float, variant: str, batch: int, slot_length: dict,
-        exact_cells: int | None = None, force_after: int | None = None, count_gaps: bool = False,
-        frontier: bool | None = None, extra: dict | None = None, cache: str = "none") -> dict:
+        filter_options: dict | None = None, cache: str = "none") -> dict:
+    """One variant over ``examples``; ``filter_options`` (grammar filter options) go to the constrained variants."""
     # every variant batches the same rows; the schema variants give each row its own schema (a list)
     groups = [list(range(j, min(j + batch, len(examples)))) for j in range(0, len(examples), batch)]
     texts, status, witnesses = [None] * len(examples), [None] * len(examples), {}
@@ -70,16 +70,8 @@ def run(model, examples, threshold: float, variant: str, batch: int, slot_length
             options["grammar"] = [schema_of(json.loads(examples[i].target)) for i in idx]
         elif variant == "scaffold":
             options.update(schema=[schema_of(json.loads(examples[i].target)) for i in idx], slot_length=slot_length)
-        if variant != "free" and exact_cells is not None:
-            options["exact_cells"] = exact_cells
-        if variant != "free" and force_after is not None:
-            options["force_after"] = force_after
-        if variant != "free" and count_gaps:
-            options["count_gaps"] = True
-        if variant != "free" and frontier is not None:
-            options["frontier"] = frontier
-        if variant != "free" and extra:
-            options.update(extra)
+        if variant != "free":
+            options.update(filter_options or {})
         started = time.perf_counter()
         out = dllm.generate(model, prompts, sampler="threshold", threshold=threshold, cache=cache, **options)
         seconds += time.perf_counter() - started
@@ -176,6 +168,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    filter_options = {k: v for k, v in (("exact_cells", args.exact_cells), ("force_after", args.force_after),
+                                        ("count_gaps", args.count_gaps or None),
+                                        ("frontier", None if args.frontier is None else bool(args.frontier)))
+                      if v is not None}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--option {item!r}: write KEY=VALUE, e.g. check_order=position")
+        try:
+            filter_options[key] = json.loads(value)
+        except ValueError:
+            filter_options[key] = value
     model = dllm.load(args.model)
     examples = load_test_set(args.task)[:args.limit]
     dllm.generate(model, [examples[0].prompt], grammar="json")  # compile / load the numba kernels once
@@ -183,26 +187,13 @@ def main() -> None:
         started = time.perf_counter()
         schemas = list({json.dumps(schema_of(json.loads(e.target))): schema_of(json.loads(e.target))
                         for e in examples}.values())
-        same = {k: v for k, v in (("exact_cells", args.exact_cells), ("count_gaps", args.count_gaps or None),
-                                  ("frontier", None if args.frontier is None else bool(args.frontier))) if v is not None}
-        build_oracles(model, ["json"] + schemas, **same)  # the options of the runs: the cache key
+        build_oracles(model, ["json"] + schemas, **filter_options)  # the options of the runs: the cache key
         print(f"oracles of {len(schemas) + 1} grammars built in {time.perf_counter() - started:.2f} s (not timed below)")
     print(f"{args.model}, task {args.task}, {len(examples)} examples, batch {args.batch}, sampler threshold, "
           f"cache {args.cache}")
     print(f"{'threshold':>9} {'variant':>9} {'parse':>6} {'+witness':>8} {'valid':>6} {'exact':>6} {'NFE':>6} {'TPF':>6} "
           f"{'tok/s':>7} {'wall s':>7} {'ratio':>6} {'stuck':>5}")
-    extra = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--option {item!r}: write KEY=VALUE, e.g. check_order=position")
-        try:
-            extra[key] = json.loads(value)
-        except ValueError:
-            extra[key] = value
-    options = dict(slot_length=args.slot_length, exact_cells=args.exact_cells, force_after=args.force_after,
-                   count_gaps=args.count_gaps, frontier=None if args.frontier is None else bool(args.frontier),
-                   extra=extra, cache=args.cache)
+    options = dict(slot_length=args.slot_length, filter_options=filter_options, cache=args.cache)
     for threshold in args.thresholds:
         totals = rounds(model, examples, threshold, args.variants, args.batch, args.repeat, **options)
         base = None

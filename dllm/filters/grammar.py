@@ -94,7 +94,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -149,7 +149,7 @@ class GrammarFilter(Filter):
             raise ValueError(f"exact_cells must be an integer >= 0 (got {self.exact_cells!r}); 0 = length-blind gaps")
         if isinstance(self.force_after, bool) or not isinstance(self.force_after, int) or self.force_after < 0:
             raise ValueError(f"force_after must be an integer >= 0 (got {self.force_after!r}); 0 = never force")
-        for option in ("count_gaps", "frontier", "defer_eos", "open_end", "conflict_waits", "forced_alone"):
+        for option in (f.name for f in fields(self) if isinstance(f.default, bool)):
             if not isinstance(getattr(self, option), bool):
                 raise ValueError(f"{option} must be True or False (got {getattr(self, option)!r})")
         from ..grammars import load_grammar
@@ -379,11 +379,13 @@ class GrammarFilter(Filter):
         due_at = [bool(self.force_after) and state.rejected_at.get(pos, 0) >= self.force_after for pos, _ in pairs]
         order = sorted(range(len(pairs)), key=lambda i: pairs[i][0] if self.check_order == "position" else i)
         order = sorted(order, key=lambda i: not due_at[i])
+        forced = False  # the first commit checked landed as the witness's token: the others are behind a forced cell
         for n, i in enumerate(order):
             pos, tok = pairs[i]
-            forced = n >= 1 and kept[order[0]] and landing[order[0]] != pairs[order[0]][1]  # behind a forced cell
-            if n == 1 and self.forced_alone and forced:
-                return kept, vetoed, landing, scratch  # a forced cell lands alone; the others come back next step
+            if n == 1:
+                forced = kept[order[0]] and landing[order[0]] != pairs[order[0]][1]
+                if forced and self.forced_alone:
+                    return kept, vetoed, landing, scratch  # a forced cell lands alone; the others come next step
             if self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
                 waiting.append(i)
                 self.deferrals[self.caller[b]] = self.deferrals.get(self.caller[b], 0) + 1
@@ -397,7 +399,6 @@ class GrammarFilter(Filter):
                 return kept, vetoed, landing, scratch
             if self.conflict_waits and not kept[i]:  # a conflict: the rest of the row's step waits (see docstring)
                 break
-        forced = bool(order) and kept[order[0]] and landing[order[0]] != pairs[order[0]][1]
         for i in sorted(waiting, key=lambda i: pairs[i][0]):
             pos, tok = pairs[i]
             if not self._deferred(state.cells if scratch is None else scratch, pos, oracle.code(tok)):
@@ -591,8 +592,4 @@ class GrammarFilter(Filter):
     def describe(self) -> dict:
         one = lambda g: g if isinstance(g, (str, dict)) else type(g).__name__  # noqa: E731
         grammar = [one(g) for g in self.grammar] if isinstance(self.grammar, (list, tuple)) else one(self.grammar)
-        return {"filter": self.name, "grammar": grammar, "grammar_backend": self.grammar_backend,
-                "open_end": self.open_end, "defer_eos": self.defer_eos, "exact_cells": self.exact_cells,
-                "force_after": self.force_after, "count_gaps": self.count_gaps, "frontier": self.frontier,
-                "conflict_waits": self.conflict_waits, "forced_alone": self.forced_alone,
-                "check_order": self.check_order}
+        return {"filter": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}, "grammar": grammar}
