@@ -1,6 +1,6 @@
 """Engine overhead: wall time per decoding step against a bare loop of network forwards of the same shapes.
 
-    python benchmarks/bench_engine.py [--reps 3] [--threads 2] [--embedded]
+    python benchmarks/bench_engine.py [--reps 3] [--threads 2] [--embedded | --sit-out]
 
 For batch 1 and 8, decodes with ``static`` (one token per step, no cache) and with ``threshold`` + ``dual``
 cache on a random tiny model, records every forward's input slice, then replays exactly those forwards
@@ -10,7 +10,12 @@ tiny CPU model the overhead is visible, which is why this benchmark uses one.
 
 ``--embedded`` runs the same comparison on the embedded ``tiny`` model with its real (ragged) task prompts and
 lm-eval's stop string ``"\n\n"`` checked inside the loop, so rows retire early: the replay then feeds, at
-each step, exactly the rows the engine still had (``TrajectoryStep.rows``) with the same attention masks.
+each step, exactly the rows the network saw (``TrajectoryStep.fed``, else ``.rows``) with the same attention masks.
+
+``--sit-out`` measures one engine rule instead: a row with nothing left in the span sits out uncached forwards
+(``Engine._working_rows``). Free threshold decodes of the embedded ``tiny-cot`` on 60 ``cot_json`` prompts,
+batch 16, at thresholds 0.9 / 0.5 / 0, with the rule and without it (every row enters every forward, as before
+it), side by side, and the texts compared.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def replay(model, out, batch, width, cache_name, canvas=None):
         positions, keep = torch.arange(width).expand(batch, width), None
     else:
         x, positions, keep = canvas.x, canvas.positions, canvas.keep if canvas.has_padding else None
-    steps = [(step.feed, step.rows if step.rows is not None else list(range(batch))) for step in out.trajectory.steps]
+    steps = [(step.feed, step.fed or step.rows or list(range(batch))) for step in out.trajectory.steps]
 
     def run():
         kv = KVCache.for_network(net, batch, width) if cache_name != "none" else None
@@ -90,6 +95,34 @@ def embedded(reps: int) -> None:
                   f"{1e3 * bare / steps:>14.2f}{engine / bare:>10.2f}")
 
 
+def sit_out(reps: int) -> None:
+    """Idle rows sitting out uncached forwards against every row entering every forward (see the docstring)."""
+    from dllm.engine.loop import Engine
+    from dllm.tiny import tasks
+
+    model = dllm.load("tiny-cot")
+    texts = [e.prompt for e in tasks.load_test_set("cot_json")[:60]]
+    rule = Engine._working_rows
+
+    def everyone(self, feed):
+        return None
+
+    def decode(threshold: float, working) -> list[str]:
+        Engine._working_rows = working
+        try:
+            return [t for first in range(0, len(texts), 16) for t in
+                    dllm.generate(model, texts[first:first + 16], sampler="threshold", threshold=threshold).texts]
+        finally:
+            Engine._working_rows = rule
+
+    print(f"tiny-cot, 60 cot_json prompts, batch 16, no cache, free threshold decoding; seconds, median of {reps}")
+    print(f"{'threshold':>10}{'every row':>12}{'sit out':>10}{'ratio':>8}  same texts")
+    for threshold in (0.9, 0.5, 0.0):
+        before, after = paired_medians(lambda: decode(threshold, everyone), lambda: decode(threshold, rule), reps)
+        same = decode(threshold, everyone) == decode(threshold, rule)
+        print(f"{threshold:>10}{before:>12.2f}{after:>10.2f}{after / before:>8.2f}  {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -97,8 +130,12 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--gen-length", type=int, default=64)
     parser.add_argument("--embedded", action="store_true", help="the embedded model with stop strings instead")
+    parser.add_argument("--sit-out", action="store_true", help="idle rows sitting out forwards, with and without")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sit_out:
+        sit_out(args.reps)
+        return
     if args.embedded:
         embedded(args.reps)
         return

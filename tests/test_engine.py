@@ -139,6 +139,31 @@ def test_batch_invariance(family, sampler):
         assert alone.texts[0] == batch.texts[row]
 
 
+@pytest.mark.parametrize("family", ["llada", "dream"])  # dream: the logit shift (the span's opening column)
+def test_rows_with_nothing_left_in_the_span_sit_out_uncached_forwards(family):
+    """A row whose span is finished waits for the others without entering the network, and decodes as alone."""
+    model = random_model(family, 4)
+    prompts = random_prompts(model, 8, 11, low=2, high=21)
+    seen = []
+    network_forward = model.network.forward
+
+    def counting(ids, *args, **kwargs):
+        seen.append(ids.shape[0])
+        return network_forward(ids, *args, **kwargs)
+
+    kw = dict(gen_length=16, block_length=8, sampler="threshold", threshold=0.5, cache="none")
+    model.network.forward = counting
+    try:
+        batch = dllm.generate(model, prompts, **kw)
+    finally:
+        del model.network.forward
+    assert max(batch.stats.row_nfe) > min(batch.stats.row_nfe)  # rows finished their spans at different steps
+    assert len(seen) == batch.stats.nfe and min(seen) < len(prompts)
+    assert sum(seen) == sum(batch.stats.row_nfe)  # every row in a forward had something to decode
+    for row, prompt in enumerate(prompts):
+        assert dllm.generate(model, [prompt], **kw).canvases[0] == batch.canvases[row], f"row {row}"
+
+
 # --------------------------------------------------------------------------------------------------
 # sampling determinism, guidance, stop rules, statistics
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ One step (see DESIGN.md, "The flow of one generation"):
  8. filter    filters adjust the decision (AR block opening, per-row end) and may reject (position, token)
               pairs: a rejection bans the pair and the row re-selects; a row past ``max_rejections`` is stuck
  9. commit    write the canvas, statistics, trajectory, per-row ends
-10. stop      EOS / stop strings / stuck; settled rows retire and stop costing compute
+10. stop      EOS / stop strings / stuck; settled rows retire and stop costing compute; rows with nothing left
+              in the span sit out its uncached forwards (``_working_rows``)
 11. event     a :class:`StepEvent` for ``dllm.stream``
 
 Rows advance in lockstep over the canvas's decode spans; inside a step everything is vectorised over the
@@ -154,13 +155,16 @@ class Engine:
         self.handed: torch.Tensor | None = None
         any_opening_undecided = True
         self.span_masked = self._candidates(span).sum(-1)
+        self.idle: torch.Tensor | None = None  # [B] bool on the host: rows with no candidate left in this span
         while True:
             masked = self._candidates(span)
             feed = self.cache.plan(self._context(span, masked, any_opening_undecided, self.forwards, self.sampler_steps))
             if self.handed is not None and feed.ephemeral and self.handed.shape[0] == masked.shape[0]:
                 logits, ran = self.handed, False  # the previous step already computed this forward
+                self.working = None
             else:
-                logits, ran = self._predict(feed, span), True
+                self.working = self._working_rows(feed)
+                logits, ran = self._predict(feed, span, working=self.working), True
                 if feed.after is not None:
                     feed.after()
             self.handed = None
@@ -361,24 +365,29 @@ class Engine:
             logits = self._apply_bans(logits, span)
         return logits
 
-    def _predict(self, feed: Feed, span: tuple[int, int], ids=None, kv=None, repeat: int = 1) -> torch.Tensor:
+    def _predict(self, feed: Feed, span: tuple[int, int], ids=None, kv=None, repeat: int = 1,
+                 working: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, W, V] scoring the span's columns: the logit shift is applied here, once.
 
         Logit-shift families score column i with the output at i-1. When a forward starts at the span
         itself (a cached step feeding only the block), the span's first column uses the output at its
         preceding column from the latest forward that covered it (kept in ``self.opening``). ``ids``/``kv``/
         ``repeat`` run hypotheses (read-only; ``self.opening`` is then neither updated nor needed anew).
+        ``working`` (row indices): only these rows enter the network (``_working_rows``).
         """
         start, end = span
         if not self.model.logit_shift:
-            return self._forward(feed, (start - feed.start, end - feed.start), ids, kv, repeat)
+            return self._forward(feed, (start - feed.start, end - feed.start), ids, kv, repeat, working)
         lo, hi = start - 1 - feed.start, end - 1 - feed.start
         if lo >= 0:
-            raw = self._forward(feed, (lo, hi), ids, kv, repeat)
+            raw = self._forward(feed, (lo, hi), ids, kv, repeat, working)
             if ids is None:
-                self.opening = raw[:, 0].clone()  # later steps may edit their logits in place
+                opening = raw[:, 0].clone()  # later steps may edit their logits in place
+                if working is not None and self.opening is not None:  # rows that sat out keep theirs
+                    opening = self.opening.index_copy(0, working, opening[working])
+                self.opening = opening
             return raw
-        raw = self._forward(feed, (0, max(hi, 1)), ids, kv, repeat)
+        raw = self._forward(feed, (0, max(hi, 1)), ids, kv, repeat, working)
         if self.opening is None:
             # Only canvas column 0 (always a prompt token, never a candidate) lacks a preceding output: like
             # the references, it reads its own output.
@@ -386,7 +395,31 @@ class Engine:
         opening = self.opening.repeat_interleave(repeat, 0) if repeat > 1 else self.opening
         return torch.cat([opening[:, None], raw[:, :hi]], dim=1)
 
-    def _forward(self, feed: Feed, columns: tuple[int, int], ids=None, kv=None, repeat: int = 1) -> torch.Tensor:
+    def _working_rows(self, feed: Feed) -> torch.Tensor | None:
+        """Row indices that enter this step's forward, or None for all of them.
+
+        A row with no candidate left in the span waits for the others to finish it: its logits there are never
+        read (nothing of it can commit), yet it costs as much compute as any other row, and where compute is the
+        bound (a CPU; a full canvas on a GPU) a forward's cost follows its rows. So it sits out forwards that
+        touch no cache. Sound because a span's candidates only shrink: commits fill cells and ends only move in;
+        its logits are zeros, never read. The set comes from the previous step's one host read
+        (``_retire_and_continue``): no extra synchronisation. Measured with ``benchmarks/bench_engine.py --sit-out``
+        (tiny-cot, 60 rows, batch 16, no cache, side by side): see benchmarks/README.md.
+
+        Cached forwards keep every row: a sub-batch must gather its rows' K/V for attention in every forward (and
+        scatter the writes back). Tried with the ``dual`` cache (tiny-cot as above, a version that gathered and
+        scattered them): 1.01 / 1.00 / 0.89x the time at thresholds 0.9 / 0.5 / 0 on the CPU, within this machine's
+        noise (the same code measured against itself: 0.96-1.16x); and on a GPU, by arithmetic (not measured), a
+        batch of 16 rows of LLaDA-8B (full multi-head attention) at a 1K canvas would copy about 8 GB of K/V per
+        step, half of what reading its weights costs.
+        """
+        idle = self.idle
+        if feed.write is not None or self.guidance or idle is None or not bool(idle.any()):
+            return None
+        return (~idle).nonzero().flatten().to(self.canvas.x.device)
+
+    def _forward(self, feed: Feed, columns: tuple[int, int], ids=None, kv=None, repeat: int = 1,
+                 working: torch.Tensor | None = None) -> torch.Tensor:
         canvas, model = self.canvas, self.model
         a, b = feed.start, feed.end
         if ids is None:
@@ -404,6 +437,11 @@ class Engine:
             mask = None if mask is None else torch.cat([mask, mask])
         if feed.write is not None and kv is None:
             kv = self.cache.kv
+        if working is not None:  # rows with nothing to do in the span sit out (``_working_rows``)
+            some = model.network(ids[working], positions[working], None if mask is None else mask[working], None,
+                                 None, logits_columns=columns)
+            logits = some.new_zeros((ids.shape[0],) + tuple(some.shape[1:]))
+            return logits.index_copy_(0, working, some)
         logits = model.network(ids, positions, mask, kv if feed.write is not None else None, feed.write,
                                logits_columns=columns)
         return guided(logits, self.settings.cfg_scale) if self.guidance else logits
@@ -522,6 +560,7 @@ class Engine:
         if bool(done.any()):
             self._finish_rows(done)
             still_now, opening_now = still_now[~done], opening_now[~done]
+        self.idle = ~still_now
         return bool(still_now.any()), bool(opening_now.any())
 
     def _finish_rows(self, settled: torch.Tensor) -> None:
@@ -574,10 +613,13 @@ class Engine:
         rows = self.rows.tolist()
         for (r, c), t in zip(where, values):
             commits[rows[r]].append((span[0] + c - pad[r], t))
+        fed = None if self.working is None else [rows[i] for i in self.working.tolist()]
+        sat_out = set() if fed is None else set(rows) - set(fed)
         for r, row_conf in enumerate(raw.float().cpu().tolist()):
-            confidences[rows[r]] = row_conf
+            if rows[r] not in sat_out:
+                confidences[rows[r]] = row_conf
         self.trajectory.steps.append(TrajectoryStep(feed=(feed.start, feed.end - feed.start), span=span, commits=commits,
-                                                    confidences=confidences, rows=rows))
+                                                    confidences=confidences, rows=rows, fed=fed))
 
     def _row_sequences(self, x: torch.Tensor, pad: torch.Tensor) -> list[list[int]]:
         return [row[int(p):].tolist() for row, p in zip(x.cpu(), pad.cpu())]

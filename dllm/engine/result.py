@@ -70,10 +70,14 @@ class TrajectoryStep:
     feed: tuple[int, int]
     span: tuple[int, int]
     commits: list[list[tuple[int, int]]]
-    #: per caller row (None when the row had retired): the model's raw confidence of its proposal at every span
-    #: column this step, before modifiers (learned filters train on these); decoded columns included
+    #: per caller row (None when the row had retired or sat out the forward): the model's raw confidence of its
+    #: proposal at every span column this step, before modifiers (learned filters train on these); decoded
+    #: columns included
     confidences: list[list[float] | None] | None = None
-    rows: list[int] | None = None  # caller rows active in this forward (the batch the network saw)
+    rows: list[int] | None = None  # caller rows still decoding (the batch the engine holds)
+    #: caller rows the network saw, when some of ``rows`` sat the forward out (nothing left in the span,
+    #: ``Engine._working_rows``); None: all of ``rows``
+    fed: list[int] | None = None
 
 
 @dataclass
