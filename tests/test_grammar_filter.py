@@ -40,7 +40,8 @@ CASES = [("llada", "none", "static", {}), ("llada", "prefix", "threshold", {"thr
          ("sdar", "block", "threshold", {"threshold": 0.3}), ("fast_dllm_v2", "block", "static", {}),
          ("llada", "none", "threshold", {"threshold": 0.0, "conflict_waits": False}),
          ("llada", "none", "threshold", {"threshold": 0.0, "check_order": "position", "forced_alone": True}),
-         ("dream", "dual", "threshold", {"threshold": 0.2, "check_order": "position"})]
+         ("dream", "dual", "threshold", {"threshold": 0.2, "check_order": "position"}),
+         ("llada", "none", "threshold", {"threshold": 0.0, "batch_vetoes": False})]
 
 
 @pytest.mark.parametrize("family,cache,sampler,options", CASES)
@@ -295,6 +296,8 @@ def test_bad_input_errors_come_before_any_forward(tmp_path):
                    "check_order must be 'confidence' or 'position'")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", forced_alone="maybe"),
                    "forced_alone must be true or false")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", batch_vetoes="sometimes"),
+                   "batch_vetoes must be true or false")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, check_order="position"), "check_order", "grammar=")
     assert calls == []
 
@@ -400,14 +403,15 @@ def test_bans_with_sampling_and_a_modifier_keep_outputs_parseable_and_seeded():
 
 def test_a_cell_with_every_token_banned_ends_its_row_as_stuck():
     """With a rejection budget larger than the vocabulary the grammar can ban every token of one cell (here
-    two tiny-cot JSON rows at threshold 0, with length-blind gaps and no frontier). The next step must call such a row stuck, not mistake that cell's
-    all -inf logits for a broken model (it raised "non-finite logits" before)."""
+    two tiny-cot JSON rows at threshold 0, with length-blind gaps, no frontier and one veto per re-selection). The next
+    step must call such a row stuck, not mistake that cell's all -inf logits for a broken model (it raised "non-finite
+    logits" before)."""
     from dllm.tiny.tasks import load_test_set
 
     model = dllm.load("tiny-cot")
     examples = load_test_set("cot_json")
     out = dllm.generate(model, [examples[12].prompt, examples[21].prompt], sampler="threshold", threshold=0.0,
-                        grammar="json", max_rejections=1000, exact_cells=0, frontier=False)
+                        grammar="json", max_rejections=1000, exact_cells=0, frontier=False, batch_vetoes=False)
     assert out.status == ["stuck", "stuck"]
     check_outputs(out, load_grammar("json"))
 
@@ -459,6 +463,24 @@ def test_a_forced_cell_lands_with_the_commits_that_fit_after_it():
     assert plain._check_row(0, [(cell, bracket), (cell + 1, comma)])[:2] == ([True, False], [False, True])
     plain._vetoes[0] = VETO_ROUNDS
     assert plain._check_row(0, [(cell, bracket), (cell + 1, comma)])[:2] == ([True, False], [False, False])
+
+
+def test_a_veto_also_vetoes_the_other_commits_that_fail_alone():
+    """``batch_vetoes=True`` (default): when a row's commit is vetoed, its other commits of the step that fail against
+    the row's canvas alone are vetoed in the same round (banned at once) instead of one per re-selection."""
+    model = dllm.load("tiny")
+    eos, mask = model.eos_ids[0], model.mask_id
+    enc = lambda s: model.tokenizer.encode(s, add_special_tokens=False)
+    parts = [enc('{"a": 12'), enc(', "b": 3'), enc(', "c": 4'), enc("}")]
+    region = parts[0] + [mask] + parts[1] + [mask] + parts[2] + [mask] + parts[3] + [eos]
+    cells = [len(parts[0]), len(parts[0]) + 1 + len(parts[1]), len(parts[0]) + len(parts[1]) + len(parts[2]) + 2]
+    five, colon = enc("5")[0], enc(":")[0]
+    pairs = [(cells[0], five), (cells[1], colon), (cells[2], colon)]
+    for batch_vetoes, vetoes in ((True, [False, True, True]), (False, [False, True, False])):
+        grammar_filter = _attached_filter(model, region, batch_vetoes=batch_vetoes)
+        kept, vetoed, _ = grammar_filter._check_row(0, pairs)
+        assert vetoed == vetoes and kept[0]
+        assert grammar_filter.states[0].rejections == sum(vetoes)
 
 
 def test_rows_stuck_at_threshold_zero_finish_with_forced_cells():

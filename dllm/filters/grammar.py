@@ -36,6 +36,15 @@ most of them wrong) then collects vetoes in one step until its budget is spent a
 60 on tiny-cot once forced cells stopped landing alone). So after ``VETO_ROUNDS`` vetoes of a row in one step, a
 failing commit behind kept ones waits instead (not banned, checked again next step) and the kept ones land.
 
+With ``batch_vetoes=True`` (default) a veto also checks the row's remaining commits of the step alone against its
+canvas, and vetoes every one that fails in the same round (``_veto_rest``): a commit that fails alone fails for good,
+so it would be vetoed when its turn came, one re-selection (and one more walk through the commits before it) later.
+And a canvas checked inside a step is remembered until the step's commits land (``_status``): after a veto the row
+proposes the same commits again, minus the vetoed ones, and walks through the same canvases. Measured on tiny-cot
+(60 rows, side by side; NFE, exact rows and oracle checks, without -> with both): at threshold 0.5 schema 3.43 ->
+3.27, JSON 3.52 -> 3.47, scaffold 3.47 -> 3.42; at 0 schema 3.13 -> 2.97 (checks 3,977 -> 3,218), JSON 3.02 -> 2.82,
+scaffold 3.17 -> 3.00; at 0.9 NFE equal (schema checks 781 -> 690); exact rows equal everywhere, no row stuck.
+
 Short gaps are token-exact (``exact_cells``, default 4: a run of at most 4 masks must hold exactly that
 many tokens, see ``dllm.grammars``), so a commit that leaves too few cells for what the grammar needs there
 is rejected. Where few tokens fit a cell and the model keeps proposing others, the cell takes the token of
@@ -87,7 +96,7 @@ the oracle).
 Added by ``dllm.generate(grammar=..., schema=..., template=...)``; also usable as ``filters=["grammar"]``
 (options ``grammar`` = anything ``dllm.grammars.load_grammar`` takes, ``grammar_backend``, ``open_end``,
 ``defer_eos``, ``exact_cells``, ``force_after``, ``count_gaps``, ``frontier``, ``conflict_waits``,
-``forced_alone``, ``check_order``).
+``forced_alone``, ``check_order``, ``batch_vetoes``).
 """
 
 from __future__ import annotations
@@ -139,6 +148,7 @@ class GrammarFilter(Filter):
     conflict_waits: bool = True  # after a row's first conflict in a step, its remaining commits wait for the next
     forced_alone: bool = False  # True: a forced cell lands alone in its step (see ``_force``)
     check_order: str = "confidence"  # or "position": the order a row's commits of a step are checked in
+    batch_vetoes: bool = True  # a veto also vetoes the row's other commits that fail alone (``_veto_rest``)
 
     def validate(self) -> None:
         if self.check_order not in ("confidence", "position"):
@@ -201,7 +211,7 @@ class GrammarFilter(Filter):
         self.forced: dict[int, int] = {}  # caller row -> cells given the witness's token (``_force``)
         self.rechecks: dict[int, int] = {}  # caller row -> steps checked again with every short gap exact
         self.seconds = 0.0
-        self._epoch, self._memo, self._vetoes = 0, {}, {}
+        self._epoch, self._memo, self._vetoes, self._canvases = 0, {}, {}, {}
 
     def _oracle(self, grammar, model, eos_ids: tuple):
         """The oracle of ``grammar`` for this model and these options, built once per process: its automata, the
@@ -350,19 +360,14 @@ class GrammarFilter(Filter):
                     break
                 together[pos] = code
             else:
-                state.checks += 1
-                if (not self.frontier or self._frontier_holds(oracle, together)) and oracle.status_cells(together) == 1:
+                if (not self.frontier or self._frontier_holds(oracle, together)) and self._status(b, together, None) == 1:
                     return [True] * len(pairs), [False] * len(pairs), [t for _, t in pairs]
         kept, vetoed, landing, scratch = self._check_pass(b, pairs, exact=False)
-        if scratch is not None and not any(vetoed) and self.exact_cells and self._confirm(state, scratch):
+        # the row's canvas with this step's kept commits, checked once more with every short gap unrolled
+        if scratch is not None and not any(vetoed) and self.exact_cells and self._status(b, scratch, None) != 1:
             self.rechecks[self.caller[b]] = self.rechecks.get(self.caller[b], 0) + 1
             kept, vetoed, landing, _ = self._check_pass(b, pairs, exact=True)
         return kept, vetoed, landing
-
-    def _confirm(self, state, scratch) -> bool:
-        """Does the row's canvas with this step's kept commits fail the check with every short gap unrolled?"""
-        state.checks += 1
-        return state.oracle.status_cells(scratch) != 1
 
     def _check_pass(self, b: int, pairs: list[tuple[int, int]], exact: bool):
         """One pass of ``_check_row``: (kept, vetoed, landing tokens, the row's canvas after the kept ones or
@@ -394,8 +399,10 @@ class GrammarFilter(Filter):
             if vetoed[i] and self._veto_waits(b, kept, forced):
                 vetoed[i] = False  # the kept ones land; this one is checked again next step (docstring)
                 break
-            if vetoed[i]:  # the row re-selects anyway: leave the rest for then
+            if vetoed[i]:  # the row re-selects anyway: the rest is checked then, but its vetoes are found now
                 self._vetoes[b] = self._vetoes.get(b, 0) + 1
+                if self.batch_vetoes:
+                    self._veto_rest(b, pairs, order[n + 1:], due_at, vetoed, exact)
                 return kept, vetoed, landing, scratch
             if self.conflict_waits and not kept[i]:  # a conflict: the rest of the row's step waits (see docstring)
                 break
@@ -411,6 +418,20 @@ class GrammarFilter(Filter):
                         self._vetoes[b] = self._vetoes.get(b, 0) + 1
                     break
         return kept, vetoed, landing, scratch
+
+    def _veto_rest(self, b: int, pairs, rest, due_at, vetoed: list[bool], exact: bool) -> None:
+        """Veto the row's other commits of the step that fail alone against its standing canvas, so that one
+        re-selection drops them all instead of one per round (each round re-checks the commits before the veto). A
+        commit that fails alone fails for good (the canvas only gains text), so it would be vetoed when its turn
+        came. Not checked: cells due for forcing, commits that would wait (``_deferred``) and cells after the end
+        of output (they land as EOS)."""
+        state = self.states[b]
+        cells, oracle = state.cells, state.oracle
+        for j in rest:
+            pos, tok = pairs[j]
+            if due_at[j] or (cells[:pos] == EOS).any() or self._deferred(cells, pos, oracle.code(tok)):
+                continue
+            vetoed[j] = not state.allows(pos, tok, exact=exact)
 
     def _veto_waits(self, b: int, kept: list[bool], forced: bool) -> bool:
         """Does a vetoed commit of row ``b`` wait (unbanned, checked again next step) so that the row's kept commits
@@ -441,8 +462,7 @@ class GrammarFilter(Filter):
         else:
             cand = scratch.copy()
             cand[pos] = code
-            state.checks += 1
-            if not oracle.excluded[tok] and oracle.status_cells(cand, near=None if exact else pos) == 1:
+            if not oracle.excluded[tok] and self._status(b, cand, None if exact else pos) == 1:
                 return cand, True, False, tok
             if state.allows(pos, tok, exact=exact):  # fine alone: a conflict with an earlier token of this step
                 self.conflicts[self.caller[b]] = self.conflicts.get(self.caller[b], 0) + 1
@@ -453,6 +473,19 @@ class GrammarFilter(Filter):
         cand = cells.copy()
         cand[pos] = oracle.code(forced)
         return cand, True, False, forced
+
+    def _status(self, b: int, cells, near: int | None) -> int:
+        """``status_cells`` of a canvas built inside this step (the row's canvas plus some of its commits), kept until
+        the step's commits land: a row sent back to the sampler after a veto proposes the same commits again, minus
+        the vetoed ones, and its check walks through the same canvases in the same order."""
+        key = (cells.tobytes(), near)
+        memo = self._canvases.setdefault(b, {})
+        status = memo.get(key)
+        if status is None:
+            state = self.states[b]
+            state.checks += 1
+            status = memo[key] = state.oracle.status_cells(cells, near=near)
+        return status
 
     def _force(self, b: int, pos: int, cells) -> int | None:
         """The token of the oracle's witness completion at ``pos`` once the cell has collected
@@ -536,7 +569,7 @@ class GrammarFilter(Filter):
 
     def committed(self, view: StepView, commit: torch.Tensor, tokens: torch.Tensor) -> None:
         self._epoch += 1
-        self._memo, self._vetoes = {}, {}
+        self._memo, self._vetoes, self._canvases = {}, {}, {}
         where = commit.nonzero().tolist()
         values = tokens[commit].tolist()
         offsets = (view.span[0] - view.gen_start).tolist()
@@ -567,7 +600,7 @@ class GrammarFilter(Filter):
         self.states = [self.states[i] for i in keep]
         self.caller = [self.caller[i] for i in keep]
         self.ends = [self.ends[i] for i in keep]
-        self._memo, self._vetoes = {}, {}
+        self._memo, self._vetoes, self._canvases = {}, {}, {}
 
     # ------------------------------------------------------------------------------------------------
     def finish(self, stats) -> None:
