@@ -41,7 +41,9 @@ CASES = [("llada", "none", "static", {}), ("llada", "prefix", "threshold", {"thr
          ("llada", "none", "threshold", {"threshold": 0.0, "conflict_waits": False}),
          ("llada", "none", "threshold", {"threshold": 0.0, "check_order": "position", "forced_alone": True}),
          ("dream", "dual", "threshold", {"threshold": 0.2, "check_order": "position"}),
-         ("llada", "none", "threshold", {"threshold": 0.0, "batch_vetoes": False})]
+         ("llada", "none", "threshold", {"threshold": 0.0, "batch_vetoes": False}),
+         ("llada", "dual", "threshold", {"threshold": 0.0, "complete_after": 1}),
+         ("dream", "none", "static", {"complete_after": 2})]
 
 
 @pytest.mark.parametrize("family,cache,sampler,options", CASES)
@@ -147,12 +149,6 @@ def test_the_open_scaffold_walk():
         ([(at + i, t) for i, t in enumerate(key) if i], False)
     wrong = enc(' "x":')
     assert flt.pending(flt._items[0], first + value + wrong + [mask] * 4)[1] is True  # derailed
-
-
-def _schema_of(record: dict) -> dict:
-    return {"type": "object", "required": list(record),
-            "properties": {k: _schema_of(v) if isinstance(v, dict) else
-                           {"type": "integer" if isinstance(v, int) else "string"} for k, v in record.items()}}
 
 
 def test_open_scaffold_on_the_tiny_models():
@@ -298,6 +294,8 @@ def test_bad_input_errors_come_before_any_forward(tmp_path):
                    "forced_alone must be true or false")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", batch_vetoes="sometimes"),
                    "batch_vetoes must be true or false")
+    one_line_error(ValueError, lambda: dllm.stream(model, prompts, grammar="json", complete_after=-1),
+                   "complete_after must be an integer >= 0")
     one_line_error(ValueError, lambda: dllm.stream(model, prompts, check_order="position"), "check_order", "grammar=")
     assert calls == []
 
@@ -403,7 +401,8 @@ def test_bans_with_sampling_and_a_modifier_keep_outputs_parseable_and_seeded():
 
 def test_a_cell_with_every_token_banned_ends_its_row_as_stuck():
     """With a rejection budget larger than the vocabulary the grammar can ban every token of one cell (here
-    two tiny-cot JSON rows at threshold 0, with length-blind gaps, no frontier and one veto per re-selection). The next
+    two tiny-cot JSON rows at threshold 0, with length-blind gaps, no frontier, one veto per re-selection and no
+    completion of derailed rows). The next
     step must call such a row stuck, not mistake that cell's all -inf logits for a broken model (it raised "non-finite
     logits" before)."""
     from dllm.tiny.tasks import load_test_set
@@ -411,7 +410,8 @@ def test_a_cell_with_every_token_banned_ends_its_row_as_stuck():
     model = dllm.load("tiny-cot")
     examples = load_test_set("cot_json")
     out = dllm.generate(model, [examples[12].prompt, examples[21].prompt], sampler="threshold", threshold=0.0,
-                        grammar="json", max_rejections=1000, exact_cells=0, frontier=False, batch_vetoes=False)
+                        grammar="json", max_rejections=1000, exact_cells=0, frontier=False, batch_vetoes=False,
+                        complete_after=0)
     assert out.status == ["stuck", "stuck"]
     check_outputs(out, load_grammar("json"))
 
@@ -481,6 +481,27 @@ def test_a_veto_also_vetoes_the_other_commits_that_fail_alone():
         kept, vetoed, _ = grammar_filter._check_row(0, pairs)
         assert vetoed == vetoes and kept[0]
         assert grammar_filter.states[0].rejections == sum(vetoes)
+
+
+def test_a_derailed_row_is_finished_by_the_grammar_completion():
+    """``complete_after``: once a row has collected that many rejections, its remaining cells take one completion of
+    its canvas (the grammar's text), so it stops costing forwards; the output parses and validates, and the row's
+    counter and reason say so. Two tiny-cot rows the model derails on at threshold 0.5 (schema grammar)."""
+    from dllm.tiny.tasks import load_test_set
+
+    model = dllm.load("tiny-cot")
+    examples = [load_test_set("cot_json")[i] for i in (34, 44)]
+    schemas = [_schema_of(json.loads(e.target)) for e in examples]
+    run = lambda after: dllm.generate(model, [e.prompt for e in examples], sampler="threshold", threshold=0.5,
+                                      grammar=schemas, complete_after=after)
+    decoded, completed = run(0), run(8)
+    assert decoded.stats.counters["grammar_completed"] == [0, 0]
+    assert all(n > 0 for n in completed.stats.counters["grammar_completed"])
+    assert all(r >= 8 for r in completed.stats.counters["grammar_rejections"])
+    for row in range(2):
+        assert completed.status[row] == "eos" and "derailed" in completed.stats.reasons[row]
+        jsonschema.validate(json.loads(completed.texts[row]), schemas[row])
+        assert completed.stats.row_nfe[row] < decoded.stats.row_nfe[row]
 
 
 def test_rows_stuck_at_threshold_zero_finish_with_forced_cells():

@@ -422,6 +422,70 @@ class Oracle:
         found = self._witness(cells, split_at, unroll, only)
         return None if found is None else found[1]
 
+    def completion_tokens(self, cells: np.ndarray, eos_id: int) -> dict[int, int] | None:
+        """{cell: token id} for every masked cell: one completion of the canvas laid into its cells, or None.
+
+        Short gaps (at most ``exact_cells`` masks) take the witness's tokens; the last long gap, which must end at the
+        end of output (the grammar filter's frontier leaves at most that one), takes the witness's text there spelled
+        greedily in the vocabulary's longest tokens, then ``eos_id`` in the cells left over (masked cells after an end
+        of output, and short-gap cells the witness leaves empty before one, are ``eos_id`` too). None when there
+        are several long gaps, the text needs more tokens than the gap has cells or cannot be spelled, or the filled
+        canvas fails the check. The grammar filter finishes a derailed row with it (``complete_after``)."""
+        cells = np.ascontiguousarray(cells, dtype=np.int32)
+        found = self._witness(cells)
+        runs = self.long_runs(cells)
+        if found is None or len(runs) > 1:
+            return None
+        text, chosen = found
+        eos = np.flatnonzero(cells == K.EOS)
+        end = int(eos[0]) if eos.size else int(cells.shape[0])
+        tail_start, tail_len = runs[0] if runs else (end, 0)
+        if tail_start + tail_len != end:
+            return None
+        table = self.tokens.table
+        plan: dict[int, int] = {}
+        before = bytearray()
+        for pos in range(tail_start):
+            code = int(cells[pos])
+            if code >= 0:
+                before += table[code]
+            elif code == K.MASK:
+                plan[pos] = chosen.get(pos, eos_id)
+                before += table[plan[pos]] if pos in chosen else b""
+        if not text.startswith(bytes(before)):
+            return None
+        spelled = self.spell(text[len(before):])
+        if spelled is None or len(spelled) > tail_len:
+            return None
+        for i in range(tail_len):
+            plan[tail_start + i] = spelled[i] if i < len(spelled) else eos_id
+        for pos in range(end, int(cells.shape[0])):
+            if int(cells[pos]) == K.MASK:
+                plan[pos] = eos_id
+        filled = cells.copy()
+        for pos, token in plan.items():
+            filled[pos] = self.code(token)
+        return plan if self.status_cells(filled) == 1 else None
+
+    def spell(self, data: bytes, count: int | None = None) -> list[int] | None:
+        """``data`` as allowed tokens, greedily the longest vocabulary entry at each point (None if some byte cannot be
+        spelled that way); with ``count``, only its first ``count`` tokens."""
+        if getattr(self, "_by_bytes", None) is None:
+            self._by_bytes = {b: i for i, b in enumerate(self.tokens.table)
+                              if b and not self.excluded[i] and i not in self.eos_ids}
+            self._longest = max(map(len, self._by_bytes), default=0)
+        out, at = [], 0
+        while at < len(data) and (count is None or len(out) < count):
+            for n in range(min(len(data) - at, self._longest), 0, -1):
+                token = self._by_bytes.get(data[at:at + n])
+                if token is not None:
+                    out.append(token)
+                    at += n
+                    break
+            else:
+                return None
+        return out
+
     def _witness(self, cells: np.ndarray, split_at: int = -1, unroll: int | None = None, only: int | None = None):
         status, res, out = self._run(np.ascontiguousarray(cells, dtype=np.int32), True, split_at=split_at,
                                      unroll=unroll)
