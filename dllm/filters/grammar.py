@@ -280,7 +280,7 @@ class GrammarFilter(Filter):
                 continue
             if self.complete_after and self.states[b].rejections >= self.complete_after:
                 written = self._complete(b, view, offsets[b])
-                if written is not None:  # the row takes its completion's tokens at every masked cell of the span
+                if written:  # the row takes its completion's tokens at every masked cell of the span
                     commit_h[b], keep[b] = False, False
                     for w, t in written.items():
                         commit_h[b, w], keep[b, w], tokens_h[b, w] = True, True, t
