@@ -217,7 +217,7 @@ def _generate(args) -> int:
 
         progress = tqdm(total=len(prompts), desc="generate", unit="prompt", file=sys.stderr)
     totals = {"tokens": 0, "forwards": 0, "seconds": 0.0, "nfe": 0}
-    methods = {"accepted": [], "rejections": None, "stuck": 0}
+    methods = {"accepted": [], "rejections": None, "stuck": 0, "completed": 0}
     done, out = 0, None
     try:
         for batch in batches:
@@ -256,11 +256,12 @@ def _generate(args) -> int:
 
 def _add_method_stats(methods: dict, stats) -> None:
     """Accumulate what the summary line reports beside NFE/TPF: FreeDave's accepted draft lengths, grammar
-    rejections, stuck rows."""
+    rejections, stuck rows, rows the grammar's completion finished (``complete_after``)."""
     methods["accepted"].extend(stats.counters.get("accepted") or [])
     if "grammar_rejections" in stats.counters:
         methods["rejections"] = (methods["rejections"] or 0) + sum(stats.counters["grammar_rejections"])
     methods["stuck"] += sum(status == "stuck" for status in stats.status)
+    methods["completed"] += sum(1 for cells in stats.counters.get("grammar_completed") or [] if cells)
 
 
 def _method_summary(methods: dict) -> str:
@@ -271,6 +272,8 @@ def _method_summary(methods: dict) -> str:
         parts.append(f"grammar rejections {methods['rejections']}")
     if methods["rejections"] is not None or methods["stuck"]:
         parts.append(f"stuck {methods['stuck']}")
+    if methods["completed"]:
+        parts.append(f"completed by the grammar {methods['completed']}")
     return "".join(f", {p}" for p in parts)
 
 

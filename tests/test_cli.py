@@ -187,6 +187,11 @@ def test_grammar_schema_template_flags_match_the_api(tiny, tmp_path, capsys):
     assert row["text"] == direct.texts[0] and row["status"] == "stuck" == direct.status[0]
     assert row["witness"] == direct.stats.witnesses[0]
     assert f"grammar rejections {sum(direct.stats.counters['grammar_rejections'])}, stuck 1" in err
+    # a row that reaches complete_after rejections is finished by the grammar's completion; the summary says so
+    [row], err = generate_json(capsys, "--schema", str(schema), "-o", "complete_after=1")
+    direct = dllm.generate(tiny, JSON_PROMPT, schema=str(schema), complete_after=1)
+    assert row["text"] == direct.texts[0] and row["status"] == "eos" and direct.stats.counters["grammar_completed"][0]
+    assert set(json.loads(row["text"])) == {"item", "weight"} and err.rstrip().endswith("completed by the grammar 1")
     [row], _ = generate_json(capsys, "--schema", str(schema), "--slot-length", "model", "--max-rejections", "0")
     direct = dllm.generate(tiny, JSON_PROMPT, schema=str(schema), max_rejections=0)  # open slots: the default
     assert row["text"] == direct.texts[0] and row["status"] == direct.status[0]
