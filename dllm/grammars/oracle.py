@@ -55,6 +55,7 @@ _NO_RESUME = (np.zeros(0, dtype=np.int32),) * 7 + (np.zeros(0, dtype=np.uint8),)
 _LONE = np.array([K.MASK, K.EOS], dtype=np.int32)  # one masked run (or cell) before the end: what templates sweep
 PREFIX_SNAPSHOTS = 256  # committed-prefix sweeps an oracle keeps (``Oracle._prefix``)
 PREFIX_STEP = 4  # a check whose committed prefix runs this many cells past the longest snapshot takes a new one
+FIT_UNROLL = 32  # the most cells a completion's last gap is unrolled to when its witness text does not fit (``_fitted``)
 
 
 def _token_table(tokenizer) -> TokenTable:
@@ -428,9 +429,11 @@ class Oracle:
         Short gaps (at most ``exact_cells`` masks) take the witness's tokens; the last long gap, which must end at the
         end of output (the grammar filter's frontier leaves at most that one), takes the witness's text there spelled
         greedily in the vocabulary's longest tokens, then ``eos_id`` in the cells left over (masked cells after an end
-        of output, and short-gap cells the witness leaves empty before one, are ``eos_id`` too). None when there
-        are several long gaps, the text needs more tokens than the gap has cells or cannot be spelled, or the filled
-        canvas fails the check. The grammar filter finishes a derailed row with it (``complete_after``)."""
+        of output, and short-gap cells the witness leaves empty before one, are ``eos_id`` too). When that text needs
+        more tokens than the gap has cells (the witness is not the shortest completion: it may write optional
+        properties) or cannot be spelled, a witness cut to fit (``_fitted``) gives every cell. None when there are
+        several long gaps, nothing fits, or the filled canvas fails the check. The grammar filter finishes a derailed
+        row with it (``complete_after``)."""
         cells = np.ascontiguousarray(cells, dtype=np.int32)
         found = self._witness(cells)
         runs = self.long_runs(cells)
@@ -452,13 +455,17 @@ class Oracle:
             elif code == K.MASK:
                 plan[pos] = chosen.get(pos, eos_id)
                 before += table[plan[pos]] if pos in chosen else b""
-        if not text.startswith(bytes(before)):
-            return None
-        spelled = self.spell(text[len(before):])
-        if spelled is None or len(spelled) > tail_len:
-            return None
-        for i in range(tail_len):
-            plan[tail_start + i] = spelled[i] if i < len(spelled) else eos_id
+        spelled = self.spell(text[len(before):]) if text.startswith(bytes(before)) else None
+        if spelled is not None and len(spelled) <= tail_len:
+            for i in range(tail_len):
+                plan[tail_start + i] = spelled[i] if i < len(spelled) else eos_id
+        else:  # the witness's text does not fit the gap (it need not be the shortest): a witness cut to fit
+            fitted = self._fitted(cells, tail_start, tail_len)
+            if fitted is None:
+                return None
+            for pos in range(end):
+                if int(cells[pos]) == K.MASK:
+                    plan[pos] = fitted.get(pos, eos_id)
         for pos in range(end, int(cells.shape[0])):
             if int(cells[pos]) == K.MASK:
                 plan[pos] = eos_id
@@ -466,6 +473,29 @@ class Oracle:
         for pos, token in plan.items():
             filled[pos] = self.code(token)
         return plan if self.status_cells(filled) == 1 else None
+
+    def _fitted(self, cells: np.ndarray, start: int, cells_left: int) -> dict[int, int] | None:
+        """{cell: token id} of a completion whose last gap (``cells_left`` masks from ``start`` to the end of output)
+        holds its text in as few tokens as the canvas allows: the fewest k for which the gap cut to k masks and an end
+        of output still checks (the counted check; bisected), then a witness with that gap unrolled token by token
+        (``FIT_UNROLL`` cells at most: the unrolled search grows with them). None when none fits."""
+        def cut(k: int) -> np.ndarray:
+            return np.concatenate([cells[:start], np.full(k, K.MASK, np.int32), np.array([K.EOS], np.int32)])
+
+        lo, hi = 0, min(cells_left, FIT_UNROLL)
+        if self.status_cells(cut(hi)) != 1:
+            return None
+        while lo < hi:  # fewest masks that still check
+            mid = (lo + hi) // 2
+            if self.status_cells(cut(mid)) == 1:
+                hi = mid
+            else:
+                lo = mid + 1
+        for k in sorted({hi, min(2 * hi, cells_left, FIT_UNROLL)}):  # a length-blind check may pass with too few
+            chosen = self.witness_tokens(cut(k), unroll=max(k, self.exact_cells))
+            if chosen is not None:
+                return chosen
+        return None
 
     def spell(self, data: bytes, count: int | None = None) -> list[int] | None:
         """``data`` as allowed tokens, greedily the longest vocabulary entry at each point (None if some byte cannot be
