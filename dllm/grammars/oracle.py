@@ -170,6 +170,7 @@ class Oracle:
         self._snaps: "OrderedDict[bytes, tuple]" = OrderedDict()  # committed prefix -> its sweep (``_prefix``)
         self._snap_lengths: dict[int, int] = {}  # prefix length -> snapshots of that length
         self._cells_table = None
+        self._by_bytes: dict[bytes, int] | None = None  # allowed tokens by their bytes (``spell``)
         self._queue_room = 1 << 14  # queue entries of the counted search (grows when a search runs out)
         self.own_scratch: "_Scratch | None" = None  # tests give an oracle its own working arrays (``_scratch``)
         allowed = ~self.excluded
@@ -500,7 +501,7 @@ class Oracle:
     def spell(self, data: bytes, count: int | None = None) -> list[int] | None:
         """``data`` as allowed tokens, greedily the longest vocabulary entry at each point (None if some byte cannot be
         spelled that way); with ``count``, only its first ``count`` tokens."""
-        if getattr(self, "_by_bytes", None) is None:
+        if self._by_bytes is None:
             self._by_bytes = {b: i for i, b in enumerate(self.tokens.table)
                               if b and not self.excluded[i] and i not in self.eos_ids}
             self._longest = max(map(len, self._by_bytes), default=0)
