@@ -39,6 +39,7 @@ import time
 import jsonschema
 
 import dllm
+from dllm.cli import parse_option
 from dllm.filters.grammar import build_oracles
 from dllm.tiny.tasks import load_test_set
 
@@ -160,9 +161,9 @@ def main() -> None:
     parser.add_argument("--count-gaps", action="store_true",
                         help="the grammar filter's count_gaps (whole-canvas checks bound each longer gap's tokens)")
     parser.add_argument("--cache", default="none", help="the cache of every variant (default none; e.g. dual)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
                         help="any other grammar filter option for the constrained variants, e.g. "
-                             "check_order=position (VALUE read as JSON when it parses, else as text)")
+                             "check_order=position (read as dllm generate -o reads it)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each batch, the variants interleaved; the fastest is kept (see ``rounds``)")
     args = parser.parse_args()
@@ -172,14 +173,7 @@ def main() -> None:
                                         ("count_gaps", args.count_gaps or None),
                                         ("frontier", None if args.frontier is None else bool(args.frontier)))
                       if v is not None}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--option {item!r}: write KEY=VALUE, e.g. check_order=position")
-        try:
-            filter_options[key] = json.loads(value)
-        except ValueError:
-            filter_options[key] = value
+    filter_options.update(dict(args.option))
     model = dllm.load(args.model)
     examples = load_test_set(args.task)[:args.limit]
     dllm.generate(model, [examples[0].prompt], grammar="json")  # compile / load the numba kernels once

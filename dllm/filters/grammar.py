@@ -128,6 +128,8 @@ from .base import Filter, register
 FORCE_UNROLL = 16  # a forced cell's second witness unrolls gaps up to this many masks (see ``_force``)
 VETO_ROUNDS = 8  # vetoes of a row in one step after which a veto behind kept commits waits instead (``_check_pass``)
 ORACLE_CACHE = 64  # oracles kept per process (``GrammarFilter._oracle``)
+# the integer options (all >= 0) and what 0 means for each
+_ZERO_MEANS = {"exact_cells": "length-blind gaps", "force_after": "never force", "complete_after": "never"}
 _ORACLES: "OrderedDict[tuple, object]" = OrderedDict()
 
 
@@ -169,12 +171,10 @@ class GrammarFilter(Filter):
             raise ValueError(f"check_order must be 'confidence' or 'position' (got {self.check_order!r})")
         if self.grammar_backend not in (None, "numba", "python", "auto"):
             raise ValueError(f"grammar_backend must be 'numba', 'python' or 'auto' (got {self.grammar_backend!r})")
-        if isinstance(self.exact_cells, bool) or not isinstance(self.exact_cells, int) or self.exact_cells < 0:
-            raise ValueError(f"exact_cells must be an integer >= 0 (got {self.exact_cells!r}); 0 = length-blind gaps")
-        if isinstance(self.force_after, bool) or not isinstance(self.force_after, int) or self.force_after < 0:
-            raise ValueError(f"force_after must be an integer >= 0 (got {self.force_after!r}); 0 = never force")
-        if isinstance(self.complete_after, bool) or not isinstance(self.complete_after, int) or self.complete_after < 0:
-            raise ValueError(f"complete_after must be an integer >= 0 (got {self.complete_after!r}); 0 = never")
+        for option, zero in _ZERO_MEANS.items():
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{option} must be an integer >= 0 (got {value!r}); 0 = {zero}")
         for option in (f.name for f in fields(self) if isinstance(f.default, bool)):
             if not isinstance(getattr(self, option), bool):
                 raise ValueError(f"{option} must be True or False (got {getattr(self, option)!r})")
@@ -228,7 +228,7 @@ class GrammarFilter(Filter):
         self.rechecks: dict[int, int] = {}  # caller row -> steps checked again with every short gap exact
         self.completions: dict[int, dict[int, int]] = {}  # caller row -> its completion, once derailed (``_complete``)
         self.seconds = 0.0
-        self._epoch, self._memo, self._vetoes, self._canvases = 0, {}, {}, {}
+        self._memo, self._vetoes, self._canvases = {}, {}, {}
 
     def _oracle(self, grammar, model, eos_ids: tuple):
         """The oracle of ``grammar`` for this model and these options, built once per process: its automata, the
@@ -608,7 +608,6 @@ class GrammarFilter(Filter):
         return self._veto & decision.commit
 
     def committed(self, view: StepView, commit: torch.Tensor, tokens: torch.Tensor) -> None:
-        self._epoch += 1
         self._memo, self._vetoes, self._canvases = {}, {}, {}
         where = commit.nonzero().tolist()
         values = tokens[commit].tolist()
